@@ -1,0 +1,50 @@
+// The CUDA runtime calls the loader needs (pinned host memory, a device arena, async
+// copies with events), behind functions that also build and run without CUDA: with no
+// toolkit, no driver or no GPU, CudaAvailable() is false (said once in the log) and the
+// host path is used.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace ember::loader {
+
+// True when a CUDA device can be used. The first call probes the runtime and logs the
+// outcome once; later calls return the cached answer.
+bool CudaAvailable();
+
+// Name and memory of device 0, for reports ("NVIDIA H100 80GB HBM3, 79.1 GiB").
+std::string CudaDeviceDescription();
+
+// Page-locked host memory: cudaHostAlloc when CUDA is up, otherwise aligned memory
+// locked with mlock where the limit allows (plain aligned memory where it does not).
+absl::StatusOr<void*> AllocStaging(size_t bytes);
+void FreeStaging(void* ptr, size_t bytes);
+
+absl::StatusOr<void*> AllocDevice(size_t bytes);
+void FreeDevice(void* ptr);
+
+// A copy stream with a pool of events, one stream per copy thread.
+class CopyStream {
+ public:
+  static absl::StatusOr<CopyStream> Create();
+  CopyStream(CopyStream&& other) noexcept;
+  CopyStream& operator=(CopyStream&& other) noexcept;
+  ~CopyStream();
+
+  // Enqueues a host-to-device copy (src must be staging memory to be truly async).
+  absl::Status CopyToDevice(void* device_dst, const void* host_src, size_t bytes);
+  // Blocks until every copy enqueued so far has finished.
+  absl::Status Synchronize();
+
+ private:
+  CopyStream() = default;
+  void* stream_ = nullptr;  // cudaStream_t
+};
+
+// Device -> host copy, synchronous; for verification and tests.
+absl::Status CopyToHost(void* host_dst, const void* device_src, size_t bytes);
+
+}  // namespace ember::loader

@@ -1,0 +1,66 @@
+// JSON-lines logger on stderr.
+#include "loader/log.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace ember {
+namespace {
+
+LogLevel LevelFromEnv() {
+  const char* env = std::getenv("EMBER_LOG_LEVEL");
+  if (!env) return LogLevel::kInfo;
+  const std::string v = env;
+  if (v == "debug") return LogLevel::kDebug;
+  if (v == "warning") return LogLevel::kWarning;
+  if (v == "error") return LogLevel::kError;
+  if (v == "off") return LogLevel::kOff;
+  return LogLevel::kInfo;
+}
+
+std::atomic<LogLevel>& Level() {
+  static std::atomic<LogLevel> level{LevelFromEnv()};
+  return level;
+}
+
+const char* LevelName(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarning: return "warning";
+    case LogLevel::kError: return "error";
+    case LogLevel::kOff: return "off";
+  }
+  return "info";
+}
+
+}  // namespace
+
+void SetLogLevel(LogLevel level) { Level().store(level); }
+LogLevel GetLogLevel() { return Level().load(); }
+
+void Log(LogLevel level, absl::string_view component, absl::string_view msg,
+         const nlohmann::json& fields) {
+  if (level < Level().load()) return;
+  nlohmann::json line = {
+      {"ts", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone())},
+      {"level", LevelName(level)},
+      {"component", component},
+      {"msg", msg},
+  };
+  for (const auto& [key, value] : fields.items()) line[key] = value;
+  const std::string text =
+      line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  std::fwrite(text.data(), 1, text.size(), stderr);
+}
+
+}  // namespace ember

@@ -1,0 +1,104 @@
+// Loading a model: find its files, read and validate the safetensors headers, plan the
+// arena, and stream every tensor's bytes through the staging ring into host or device
+// memory. The result is the weight map the engine binds to.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "loader/dtype.h"
+#include "loader/retry_policy.h"
+
+namespace ember::loader {
+
+enum class Target { kHost, kDevice, kNone };
+
+struct LoadProgress {
+  uint64_t bytes_done = 0;   // bytes that reached their destination
+  uint64_t bytes_total = 0;
+  double seconds = 0;        // since the load started
+  uint64_t retries = 0;
+};
+
+struct LoadOptions {
+  Target target = Target::kHost;
+  int connections = 8;                      // parallel ranged GETs (or pread threads)
+  uint64_t chunk_bytes = 16ull << 20;       // one ranged GET fills one staging slot
+  uint64_t staging_bytes = 256ull << 20;    // the whole staging ring; at most 1 GiB by default
+  int copy_threads = 2;
+  RetryPolicy retry;
+  long connect_timeout_s = 10;
+  // When set, every file of the model is also written here, byte-identical to the
+  // source (files appear only once complete and verified).
+  std::string mirror_dir;
+  // Called about ten times a second from the loading thread, and once at the end.
+  std::function<void(const LoadProgress&)> on_progress;
+};
+
+// One tensor in the arena.
+struct WeightView {
+  std::string name;
+  Dtype dtype;
+  std::vector<uint64_t> shape;
+  void* data = nullptr;  // 256-byte aligned; device memory when on_device
+  uint64_t nbytes = 0;
+  bool on_device = false;
+  std::string file;  // the shard it came from
+};
+
+// Seconds since the load started at which each phase ended.
+struct LoadTimings {
+  double headers_s = 0;       // model files and every safetensors header read and validated
+  double first_byte_s = 0;    // first tensor byte received
+  double network_done_s = 0;  // last byte received
+  double copy_done_s = 0;     // last byte in its destination (host or device)
+  double total_s = 0;
+};
+
+// Host or device memory holding all tensors; frees itself.
+class Arena {
+ public:
+  static absl::StatusOr<std::unique_ptr<Arena>> Allocate(uint64_t bytes, bool on_device);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  uint8_t* data() const { return data_; }
+  uint64_t bytes() const { return bytes_; }
+  bool on_device() const { return on_device_; }
+
+ private:
+  Arena() = default;
+  uint8_t* data_ = nullptr;
+  uint64_t bytes_ = 0;
+  bool on_device_ = false;
+};
+
+struct LoadedModel {
+  std::string source;
+  std::map<std::string, std::string> files;  // small files by name: config.json, tokenizer.json...
+  std::vector<std::string> weight_files;     // the safetensors files, in load order
+  std::map<std::string, WeightView> weights;
+  std::unique_ptr<Arena> arena;              // null for Target::kNone
+  Target target = Target::kHost;
+  uint64_t bytes_streamed = 0;               // safetensors bytes moved through the ring
+  uint64_t staging_bytes = 0;                // the ring's actual size
+  uint64_t retries = 0;
+  LoadTimings timings;
+
+  const WeightView* Find(const std::string& name) const {
+    auto it = weights.find(name);
+    return it == weights.end() ? nullptr : &it->second;
+  }
+};
+
+// Loads the model at `uri` (s3://, http(s)://, file:// or a path: a model directory or
+// one .safetensors file). Fails with one error naming the source, the object and the
+// fault; a model is returned only when every byte has arrived and been checked.
+absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& options);
+
+}  // namespace ember::loader

@@ -1,0 +1,35 @@
+// A model's manifest: which files make up the model, their small files' contents, and
+// every safetensors header, read with at most two small range requests per file.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "loader/model_index.h"
+#include "loader/object_store.h"
+#include "loader/safetensors.h"
+
+namespace ember::loader {
+
+// Bytes read from the start of each safetensors file in the first request. Headers of
+// real checkpoints are tens to hundreds of KiB; a larger one costs one more request.
+inline constexpr uint64_t kHeaderProbeBytes = 256 << 10;
+
+struct ModelManifest {
+  std::map<std::string, std::string> small_files;  // name -> contents
+  std::vector<ObjectInfo> weight_objects;           // the version being loaded
+  std::vector<SafetensorsHeader> headers;           // headers[i] belongs to weight_objects[i]
+  std::optional<ShardIndex> index;
+  bool weights_only = false;  // the source named one .safetensors object
+};
+
+// Discovers and validates the model at the store's root. A model directory must hold
+// config.json, tokenizer.json and model.safetensors or model.safetensors.index.json
+// with every shard it names. With `all_files`, the other small files of the model
+// (tokenizer_config.json, special_tokens_map.json, ...) are fetched too.
+absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files);
+
+}  // namespace ember::loader

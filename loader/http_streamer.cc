@@ -56,7 +56,10 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
 absl::Status CheckResponse(Transfer& t) {
   const ObjectInfo& info = *t.info;
   const uint64_t want = t.chunk->offset + t.received;
-  if (t.status == 200) {
+  // Some S3 servers (rclone's gofakes3) answer a range with 200 plus Content-Range;
+  // the Content-Range header, not the status, says whether this is the range.
+  const bool ranged = t.status == 206 || t.meta.range_begin.has_value();
+  if (!ranged) {
     // A server that ignores Range sends the whole object: usable only when the
     // chunk is the whole object.
     if (want != 0 || t.chunk->length != info.size) {
@@ -71,8 +74,7 @@ absl::Status CheckResponse(Transfer& t) {
                                               want));
     }
   }
-  const std::optional<uint64_t> total =
-      t.status == 206 ? t.meta.total_size : t.meta.content_length;
+  const std::optional<uint64_t> total = ranged ? t.meta.total_size : t.meta.content_length;
   const bool size_changed = total && *total != info.size;
   const bool etag_changed = !info.etag.empty() && !t.meta.etag.empty() && t.meta.etag != info.etag;
   const bool date_changed = info.etag.empty() && !info.last_modified.empty() &&
@@ -330,7 +332,7 @@ std::vector<HttpResponse>& responses = *fetched;
       return HttpFailure(gets[i].object, r.meta.status, ParseS3Error(r.body),
                          reads[i].length ? "ranged GET" : "GET");
     }
-    out.info.size = r.meta.status == 206 ? r.meta.total_size.value_or(0) : r.body.size();
+    out.info.size = r.meta.range_begin ? r.meta.total_size.value_or(0) : r.body.size();
     out.info.etag = r.meta.etag;
     out.info.last_modified = r.meta.last_modified;
     out.bytes = std::move(r.body);

@@ -74,6 +74,7 @@ absl::StatusOr<void*> AllocStaging(size_t bytes) {
   if (ptr == MAP_FAILED) {
     return absl::ResourceExhaustedError(absl::StrCat("mmap of ", bytes, " staging bytes failed"));
   }
+  madvise(ptr, bytes, MADV_HUGEPAGE);
   // Locking is best effort: an unprivileged container often has a small RLIMIT_MEMLOCK.
   (void)mlock(ptr, bytes);
   return ptr;

@@ -26,7 +26,7 @@ void FreeStaging(void* ptr, size_t bytes);
 absl::StatusOr<void*> AllocDevice(size_t bytes);
 void FreeDevice(void* ptr);
 
-// A copy stream with a pool of events, one stream per copy thread.
+// A non-blocking CUDA stream for host-to-device copies; each copy thread owns one.
 class CopyStream {
  public:
   static absl::StatusOr<CopyStream> Create();

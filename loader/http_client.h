@@ -70,8 +70,8 @@ struct S3Error {
 };
 S3Error ParseS3Error(absl::string_view body);
 
-// Whether a failure is worth retrying: connection-level curl errors, timeouts, 429 and
-// 5xx answers except 501/505, and S3's SlowDown / RequestTimeout / InternalError codes.
+// Whether a failure is worth retrying: connection-level curl errors, timeouts, HTTP 408,
+// 429, 500, 502, 503 and 504, and S3's SlowDown / RequestTimeout / InternalError codes.
 bool IsTransientCurlError(CURLcode code);
 bool IsTransientHttpStatus(long status, absl::string_view s3_code);
 

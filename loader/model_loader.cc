@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "loader/device_memory.h"
 #include "loader/layout_plan.h"
 #include "loader/log.h"
@@ -40,6 +41,9 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool on_d
       return absl::ResourceExhaustedError(
           absl::StrCat("cannot map a ", bytes, "-byte host arena: ", std::strerror(errno)));
     }
+    // Transparent huge pages: a 1 GiB arena takes 512 page faults instead of 262,144
+    // while the copy threads fill it.
+    madvise(ptr, std::max<uint64_t>(bytes, 1), MADV_HUGEPAGE);
     arena->data_ = static_cast<uint8_t*>(ptr);
   }
   return arena;
@@ -285,7 +289,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
   stream_options.connect_timeout_s = options.connect_timeout_s;
   StreamCounters counters;
   absl::Status stream_status;
-  std::atomic<bool> streaming{true};
+  absl::Notification streamed;
   std::thread streamer([&] {
     stream_status = store.Stream(manifest.weight_objects, jobs, ring,
                                  [&](const ChunkJob& job, StagingSlot* slot) { queue.Push(job, slot); },
@@ -296,7 +300,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
     }
     model.timings.network_done_s = SecondsSince(start);
     queue.Close();
-    streaming.store(false);
+    streamed.Notify();
   });
   std::vector<std::thread> copiers;
   for (int i = 0; i < std::max(1, options.copy_threads); ++i) copiers.emplace_back(copy_worker);
@@ -305,10 +309,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
     if (!options.on_progress) return;
     options.on_progress({bytes_done.load(), total, SecondsSince(start), counters.retries.load()});
   };
-  while (streaming.load()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    report();
-  }
+  while (!streamed.WaitForNotificationWithTimeout(absl::Milliseconds(100))) report();
   streamer.join();
   for (std::thread& t : copiers) t.join();
   report();

@@ -29,7 +29,7 @@ struct LoadOptions {
   Target target = Target::kHost;
   int connections = 8;                      // parallel ranged GETs (or pread threads)
   uint64_t chunk_bytes = 16ull << 20;       // one ranged GET fills one staging slot
-  uint64_t staging_bytes = 256ull << 20;    // the whole staging ring; at most 1 GiB by default
+  uint64_t staging_bytes = 256ull << 20;    // the whole staging ring, whatever the model's size
   int copy_threads = 2;
   RetryPolicy retry;
   long connect_timeout_s = 10;

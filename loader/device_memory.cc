@@ -3,7 +3,10 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -58,6 +61,21 @@ std::string CudaDeviceDescription() {
   return "none";
 }
 
+absl::StatusOr<void*> AllocHostPages(size_t bytes, absl::string_view what) {
+  const size_t length = std::max<size_t>(bytes, 1);  // mmap refuses zero
+  void* ptr = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (ptr == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map ", bytes, " bytes for the ", what, ": ", std::strerror(errno)));
+  }
+  madvise(ptr, length, MADV_HUGEPAGE);
+  return ptr;
+}
+
+void FreeHostPages(void* ptr, size_t bytes) {
+  if (ptr) munmap(ptr, std::max<size_t>(bytes, 1));
+}
+
 absl::StatusOr<void*> AllocStaging(size_t bytes) {
 #ifdef EMBER_HAVE_CUDA
   if (CudaAvailable()) {
@@ -69,14 +87,10 @@ absl::StatusOr<void*> AllocStaging(size_t bytes) {
     return ptr;
   }
 #endif
-  // Page-aligned so that O_DIRECT-style reads and DMA-friendly copies work.
-  void* ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (ptr == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat("mmap of ", bytes, " staging bytes failed"));
-  }
-  madvise(ptr, bytes, MADV_HUGEPAGE);
+  auto ptr = AllocHostPages(bytes, "staging ring");
+  if (!ptr.ok()) return ptr.status();
   // Locking is best effort: an unprivileged container often has a small RLIMIT_MEMLOCK.
-  (void)mlock(ptr, bytes);
+  (void)mlock(*ptr, bytes);
   return ptr;
 }
 
@@ -88,7 +102,7 @@ void FreeStaging(void* ptr, size_t bytes) {
     return;
   }
 #endif
-  munmap(ptr, bytes);
+  FreeHostPages(ptr, bytes);
 }
 
 absl::StatusOr<void*> AllocDevice(size_t bytes) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace ember::loader {
 
@@ -17,6 +18,12 @@ bool CudaAvailable();
 
 // Name and memory of device 0, for reports ("NVIDIA H100 80GB HBM3, 79.1 GiB").
 std::string CudaDeviceDescription();
+
+// Anonymous, page-aligned host pages backed lazily, as transparent huge pages where the
+// kernel allows (a 1 GiB buffer then takes 512 page faults instead of 262,144 while it is
+// first written). `what` names the buffer in the error. Zero bytes is allowed.
+absl::StatusOr<void*> AllocHostPages(size_t bytes, absl::string_view what);
+void FreeHostPages(void* ptr, size_t bytes);
 
 // Page-locked host memory: cudaHostAlloc when CUDA is up, otherwise aligned memory
 // locked with mlock where the limit allows (plain aligned memory where it does not).

@@ -43,6 +43,12 @@ struct ResponseMeta {
   std::optional<uint64_t> range_begin;  // from Content-Range: bytes a-b/total
   std::optional<uint64_t> total_size;
   std::optional<double> retry_after_s;
+
+  // Whether the body is a byte range of the object. Content-Range decides, not the
+  // status: some S3 servers (rclone's gofakes3) answer a range with 200 + Content-Range.
+  bool is_range() const { return range_begin.has_value(); }
+  // The whole object's size: Content-Range's total for a range, else Content-Length.
+  std::optional<uint64_t> object_size() const { return is_range() ? total_size : content_length; }
 };
 
 struct HttpResponse {

@@ -56,10 +56,7 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
 absl::Status CheckResponse(Transfer& t) {
   const ObjectInfo& info = *t.info;
   const uint64_t want = t.chunk->offset + t.received;
-  // Some S3 servers (rclone's gofakes3) answer a range with 200 plus Content-Range;
-  // the Content-Range header, not the status, says whether this is the range.
-  const bool ranged = t.status == 206 || t.meta.range_begin.has_value();
-  if (!ranged) {
+  if (!t.meta.is_range()) {
     // A server that ignores Range sends the whole object: usable only when the
     // chunk is the whole object.
     if (want != 0 || t.chunk->length != info.size) {
@@ -67,14 +64,11 @@ absl::Status CheckResponse(Transfer& t) {
           absl::StrCat(t.object->display, ": the server ignored the Range header (HTTP 200); "
                                           "it must support byte ranges"));
     }
-  } else {
-    if (!t.meta.range_begin || *t.meta.range_begin != want) {
-      return absl::DataLossError(absl::StrCat(t.object->display,
-                                              ": response Content-Range does not start at byte ",
-                                              want));
-    }
+  } else if (*t.meta.range_begin != want) {
+    return absl::DataLossError(absl::StrCat(
+        t.object->display, ": response Content-Range does not start at byte ", want));
   }
-  const std::optional<uint64_t> total = ranged ? t.meta.total_size : t.meta.content_length;
+  const std::optional<uint64_t> total = t.meta.object_size();
   const bool size_changed = total && *total != info.size;
   const bool etag_changed = !info.etag.empty() && !t.meta.etag.empty() && t.meta.etag != info.etag;
   const bool date_changed = info.etag.empty() && !info.last_modified.empty() &&
@@ -332,7 +326,7 @@ std::vector<HttpResponse>& responses = *fetched;
       return HttpFailure(gets[i].object, r.meta.status, ParseS3Error(r.body),
                          reads[i].length ? "ranged GET" : "GET");
     }
-    out.info.size = r.meta.range_begin ? r.meta.total_size.value_or(0) : r.body.size();
+    out.info.size = r.meta.is_range() ? r.meta.total_size.value_or(0) : r.body.size();
     out.info.etag = r.meta.etag;
     out.info.last_modified = r.meta.last_modified;
     out.bytes = std::move(r.body);

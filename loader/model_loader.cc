@@ -3,7 +3,6 @@
 #include "loader/model_loader.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,18 +32,10 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool on_d
     if (!ptr.ok()) return ptr.status();
     arena->data_ = static_cast<uint8_t*>(*ptr);
   } else {
-    // mmap gives page alignment (so every 256-byte-aligned offset is aligned in memory)
-    // and lazily-backed pages.
-    void* ptr = mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (ptr == MAP_FAILED) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cannot map a ", bytes, "-byte host arena: ", std::strerror(errno)));
-    }
-    // Transparent huge pages: a 1 GiB arena takes 512 page faults instead of 262,144
-    // while the copy threads fill it.
-    madvise(ptr, std::max<uint64_t>(bytes, 1), MADV_HUGEPAGE);
-    arena->data_ = static_cast<uint8_t*>(ptr);
+    // Page-aligned, so every 256-byte-aligned arena offset is aligned in memory.
+    auto ptr = AllocHostPages(bytes, "host arena");
+    if (!ptr.ok()) return ptr.status();
+    arena->data_ = static_cast<uint8_t*>(*ptr);
   }
   return arena;
 }
@@ -52,8 +43,8 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool on_d
 Arena::~Arena() {
   if (on_device_) {
     FreeDevice(data_);
-  } else if (data_) {
-    munmap(data_, std::max<uint64_t>(bytes_, 1));
+  } else {
+    FreeHostPages(data_, bytes_);
   }
 }
 

@@ -4,7 +4,7 @@
 
 #include "loader/device_memory.h"
 #include "loader/model_loader.h"
-#include "loader/safetensors.h"
+#include "tests/loader/load_expectations.h"
 #include "tests/loader/test_servers.h"
 
 #ifdef EMBER_HAVE_CUDA
@@ -15,7 +15,6 @@ namespace ember::loader {
 namespace {
 
 using ::ember::testing::MakeTestModel;
-using ::ember::testing::ReadFile;
 using ::ember::testing::TempDir;
 
 TEST(DeviceLoad, LoadsEveryTensorIntoVramByteExact) {
@@ -34,20 +33,13 @@ TEST(DeviceLoad, LoadsEveryTensorIntoVramByteExact) {
   auto model = LoadModel(model_dir, options);
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_EQ(model->target, Target::kDevice);
-  for (const std::string& file : model->weight_files) {
-    const std::string bytes = ReadFile(model_dir + "/" + file);
-    auto header = ParseSafetensorsPrefix(bytes, bytes.size(), file);
-    ASSERT_TRUE(header.ok());
-    for (const TensorInfo& t : header->tensors) {
-      const WeightView* v = model->Find(t.name);
-      ASSERT_NE(v, nullptr);
-      EXPECT_TRUE(v->on_device);
-      const auto* src = reinterpret_cast<const uint8_t*>(bytes.data() + header->data_start() + t.begin);
-      uint64_t device_sum = 0;
-      ASSERT_TRUE(kernels::ByteChecksumDevice(v->data, v->nbytes, &device_sum));
-      EXPECT_EQ(device_sum, kernels::ByteChecksumHost(src, t.nbytes())) << t.name;
-    }
-  }
+  ::ember::testing::ForEachLoadedTensor(
+      *model, model_dir, [](const WeightView& v, const TensorInfo& t, const uint8_t* src) {
+        EXPECT_TRUE(v.on_device);
+        uint64_t device_sum = 0;
+        ASSERT_TRUE(kernels::ByteChecksumDevice(v.data, v.nbytes, &device_sum));
+        EXPECT_EQ(device_sum, kernels::ByteChecksumHost(src, t.nbytes())) << t.name;
+      });
 #endif
 }
 

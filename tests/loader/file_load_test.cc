@@ -4,14 +4,14 @@
 #include <filesystem>
 
 #include "loader/model_loader.h"
-#include "loader/safetensors.h"
+#include "tests/loader/load_expectations.h"
 #include "tests/loader/test_servers.h"
 
 namespace ember::loader {
 namespace {
 
+using ::ember::testing::ExpectByteExact;
 using ::ember::testing::MakeTestModel;
-using ::ember::testing::ReadFile;
 using ::ember::testing::TempDir;
 
 TEST(FileLoad, LoadsADirectoryByteExactWithParallelReads) {
@@ -22,19 +22,10 @@ TEST(FileLoad, LoadsADirectoryByteExactWithParallelReads) {
   options.chunk_bytes = 1 << 20;
   options.staging_bytes = 3 << 20;
   options.connections = 3;
-  for (const std::string uri : {model_dir, "file://" + model_dir + "/"}) {
+  for (const std::string& uri : {model_dir, "file://" + model_dir + "/"}) {
     auto model = LoadModel(uri, options);
     ASSERT_TRUE(model.ok()) << model.status();
-    for (const std::string& file : model->weight_files) {
-      const std::string bytes = ReadFile(model_dir + "/" + file);
-      auto header = ParseSafetensorsPrefix(bytes, bytes.size(), file);
-      ASSERT_TRUE(header.ok());
-      for (const TensorInfo& t : header->tensors) {
-        const WeightView* v = model->Find(t.name);
-        ASSERT_NE(v, nullptr);
-        ASSERT_EQ(0, std::memcmp(v->data, bytes.data() + header->data_start() + t.begin, t.nbytes())) << t.name;
-      }
-    }
+    ExpectByteExact(*model, model_dir);
   }
 }
 

@@ -8,11 +8,13 @@
 
 #include "loader/model_loader.h"
 #include "loader/safetensors.h"
+#include "tests/loader/load_expectations.h"
 #include "tests/loader/test_servers.h"
 
 namespace ember::loader {
 namespace {
 
+using ::ember::testing::ExpectByteExact;
 using ::ember::testing::FaultProxy;
 using ::ember::testing::LocalS3;
 using ::ember::testing::MakeTestModel;
@@ -20,30 +22,6 @@ using ::ember::testing::ReadFile;
 using ::ember::testing::ScopedEnv;
 using ::ember::testing::TempDir;
 namespace fs = std::filesystem;
-
-// Every tensor in the arena equals its bytes in the source file.
-void ExpectByteExact(const LoadedModel& model, const std::string& model_dir) {
-  ASSERT_FALSE(model.weights.empty());
-  size_t checked = 0;
-  for (const std::string& file : model.weight_files) {
-    const std::string bytes = ReadFile(model_dir + "/" + file);
-    auto header = ParseSafetensorsPrefix(bytes, bytes.size(), file);
-    ASSERT_TRUE(header.ok()) << header.status();
-    for (const TensorInfo& t : header->tensors) {
-      const WeightView* view = model.Find(t.name);
-      ASSERT_NE(view, nullptr) << t.name;
-      EXPECT_EQ(view->file, file);
-      EXPECT_EQ(view->dtype, t.dtype) << t.name;
-      EXPECT_EQ(view->shape, t.shape) << t.name;
-      ASSERT_EQ(view->nbytes, t.nbytes()) << t.name;
-      EXPECT_EQ(reinterpret_cast<uintptr_t>(view->data) % 256, 0u) << t.name;
-      ASSERT_EQ(0, std::memcmp(view->data, bytes.data() + header->data_start() + t.begin, t.nbytes()))
-          << "bytes differ in " << t.name;
-      ++checked;
-    }
-  }
-  EXPECT_EQ(checked, model.weights.size());
-}
 
 class S3LoadTest : public ::testing::Test {
  protected:

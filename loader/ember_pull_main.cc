@@ -10,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_format.h"
+#include "loader/cli_args.h"
 #include "loader/log.h"
 #include "loader/model_loader.h"
 #include "loader/progress_bar.h"
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
   config.contains_help_flags = IsOurFlagFile;
   config.contains_helpshort_flags = IsOurFlagFile;
   absl::SetFlagsUsageConfig(config);
+  const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::fprintf(stderr, "ember-pull: expected one SOURCE, got %zu (see --help)\n", args.size() - 1);

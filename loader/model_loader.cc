@@ -177,7 +177,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
   ObjectStore& store = **store_or;
 
   const bool mirroring = !options.mirror_dir.empty();
-  auto manifest_or = ReadManifest(store, mirroring);
+  auto manifest_or = ReadManifest(store, mirroring, options.require_tokenizer);
   if (!manifest_or.ok()) return manifest_or.status();
   ModelManifest& manifest = *manifest_or;
 

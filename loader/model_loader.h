@@ -36,6 +36,8 @@ struct LoadOptions {
   // When set, every file of the model is also written here, byte-identical to the
   // source (files appear only once complete and verified).
   std::string mirror_dir;
+  // A model directory must hold tokenizer.json unless this is false.
+  bool require_tokenizer = true;
   // Called about ten times a second from the loading thread, and once at the end.
   std::function<void(const LoadProgress&)> on_progress;
 };

@@ -79,7 +79,8 @@ absl::Status ReadHeaders(ObjectStore& store, ModelManifest& m) {
 
 }  // namespace
 
-absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files) {
+absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files,
+                                           bool require_tokenizer) {
   ModelManifest m;
   auto listing = store.List();
   if (!listing.ok()) return listing.status();
@@ -103,7 +104,7 @@ absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files) {
     reads.push_back({name, 0, std::nullopt, optional || !*listing});
   };
   want(kConfig, false);
-  want(kTokenizer, false);
+  want(kTokenizer, !require_tokenizer);
   for (const char* name : kOptionalFiles) want(name, true);
   want(kIndex, true);
   if (all_files && *listing) {
@@ -122,9 +123,8 @@ absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files) {
   }
 
   std::vector<std::string> missing;
-  for (const char* name : {kConfig, kTokenizer}) {
-    if (!m.small_files.count(name)) missing.push_back(name);
-  }
+  if (!m.small_files.count(kConfig)) missing.push_back(kConfig);
+  if (require_tokenizer && !m.small_files.count(kTokenizer)) missing.push_back(kTokenizer);
   auto index_it = m.small_files.find(kIndex);
   std::vector<std::string> weight_names;
   if (index_it != m.small_files.end()) {

@@ -29,7 +29,10 @@ struct ModelManifest {
 // Discovers and validates the model at the store's root. A model directory must hold
 // config.json, tokenizer.json and model.safetensors or model.safetensors.index.json
 // with every shard it names. With `all_files`, the other small files of the model
-// (tokenizer_config.json, special_tokens_map.json, ...) are fetched too.
-absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files);
+// (tokenizer_config.json, special_tokens_map.json, ...) are fetched too. Without
+// `require_tokenizer`, tokenizer.json is fetched when present but may be absent (a
+// model driven by token ids alone, as ember-generate --prompt-ids does).
+absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files,
+                                           bool require_tokenizer = true);
 
 }  // namespace ember::loader

@@ -1,0 +1,100 @@
+// The CPU backend: host memory and the reference ops, run synchronously on the caller's
+// thread (each op fans out over OpenMP's threads).
+#include "kernels/cpu/cpu_backend.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/ops.h"
+
+namespace ember::kernels {
+namespace {
+
+// MemAvailable from /proc/meminfo: what the kernel says can be allocated without
+// swapping (free memory plus reclaimable page cache).
+uint64_t MemAvailableBytes() {
+  FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "MemAvailable: %lu kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib * 1024;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "cpu"; }
+  bool is_device() const override { return false; }
+
+  absl::StatusOr<Buffer> Allocate(size_t bytes, absl::string_view what) override {
+    // 64-byte alignment for vector loads; zeroed so a bug reads zeros, not garbage.
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cpu: cannot allocate %d bytes for %s (available: %d bytes)", bytes, what,
+          MemAvailableBytes()));
+    }
+    std::memset(p, 0, rounded);
+    return Buffer(p, bytes, [](void* q) { std::free(q); });
+  }
+  uint64_t FreeMemoryBytes() override { return MemAvailableBytes(); }
+  absl::Status Upload(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Download(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  ScalarType KvType(ScalarType) const override { return ScalarType::kF32; }
+  size_t AttentionWorkspaceBytes(int, int, int) const override { return 0; }
+
+  void ToF32(const Matrix& m, float* out) override { cpu::ToF32(m, out); }
+  void Embed(const Matrix& table, const int32_t* ids, int n, float* out) override {
+    cpu::Embed(table, ids, n, out);
+  }
+  void AddRmsNorm(const float* x, float* residual, const float* weight, int n, int hidden,
+                  float eps, float* out) override {
+    cpu::AddRmsNorm(x, residual, weight, n, hidden, eps, out);
+  }
+  void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) override {
+    cpu::Linear(x, n, w, bias, y);
+  }
+  void Rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int n,
+            int q_heads, int kv_heads, int head_dim) override {
+    cpu::Rope(q, k, positions, inv_freq, n, q_heads, kv_heads, head_dim);
+  }
+  void SwiGlu(const float* gate, const float* up, int64_t count, float* out) override {
+    cpu::SwiGlu(gate, up, count, out);
+  }
+  void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t* slots,
+               int n) override {
+    cpu::KvStore(cache, k, v, slots, n);
+  }
+  void Attention(const AttentionArgs& args) override { cpu::Attention(args); }
+  void GatherRows(const float* in, const int32_t* rows, int n_rows, int width,
+                  float* out) override {
+    cpu::GatherRows(in, rows, n_rows, width, out);
+  }
+  void Sample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
+              int32_t* tokens) override {
+    cpu::Sample(logits, n_rows, vocab, rows, tokens);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace ember::kernels

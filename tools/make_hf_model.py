@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Random-weight Llama-family models made by Hugging Face transformers itself, for the
+reference tests and the decode benchmark.
+
+Each named variant is a small config covering one feature Ember must match (GQA, Mistral's
+sliding window, Qwen2's biases, tied embeddings, llama3 rope scaling, head_dim 64 and 128,
+a vocabulary that is not a multiple of 64); `smollm2-135m` and `llama-1b` are full-size
+shapes for benchmarks. Weights are drawn with a fixed seed and saved as safetensors.
+
+    make_hf_model.py VARIANT OUT_DIR [--dtype float32|bfloat16|float16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Small models: hidden 256 so head_dim 64 and 128 both fit; 2 layers; odd vocabularies.
+# initializer_range 0.1 spreads the logits so greedy choices are decisive.
+_SMALL = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=2,
+              initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+              rms_norm_eps=1e-5)
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    # Llama with GQA 4:2, head_dim 64, vocabulary 1000 (1000 % 64 = 40).
+    "llama-gqa": ("llama", dict(_SMALL, num_attention_heads=4, num_key_value_heads=2,
+                                vocab_size=1000, max_position_embeddings=512, rope_theta=10000.0)),
+    # Llama 3.1-style rope scaling, GQA 8:2 with head_dim 32 would be unusual; keep 64.
+    "llama3-rope": ("llama", dict(_SMALL, num_attention_heads=4, num_key_value_heads=1,
+                                  vocab_size=777, max_position_embeddings=1024,
+                                  rope_theta=500000.0,
+                                  rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                "original_max_position_embeddings": 64})),
+    # Tied embeddings and an explicit head_dim 128 wider than hidden / heads (q_width 512).
+    "llama-tied-hd128": ("llama", dict(_SMALL, num_attention_heads=4, num_key_value_heads=2,
+                                       head_dim=128, vocab_size=1001, tie_word_embeddings=True,
+                                       max_position_embeddings=512)),
+    # Mistral: sliding window 24 so 40+ decode steps run past it; MQA (one kv head).
+    "mistral-window": ("mistral", dict(_SMALL, num_attention_heads=4, num_key_value_heads=1,
+                                       vocab_size=517, sliding_window=24,
+                                       max_position_embeddings=512)),
+    # Qwen2: q/k/v biases, head_dim 128, GQA 2:1.
+    "qwen2-bias": ("qwen2", dict(_SMALL, num_attention_heads=2, num_key_value_heads=1,
+                                 vocab_size=999, max_position_embeddings=512,
+                                 use_sliding_window=False)),
+    # Benchmark shapes.
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   tie_word_embeddings=True, max_position_embeddings=8192,
+                                   rope_theta=100000.0, rms_norm_eps=1e-5, bos_token_id=None,
+                                   eos_token_id=None, pad_token_id=None)),
+    "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                               tie_word_embeddings=True, max_position_embeddings=8192,
+                               rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=None,
+                               eos_token_id=None, pad_token_id=None)),
+    "llama-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                               max_position_embeddings=8192, rope_theta=500000.0,
+                               rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
+                               pad_token_id=None)),
+}
+
+
+def make_config(variant: str):
+    import transformers
+    family, kwargs = VARIANTS[variant]
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config}[family]
+    return cls(**kwargs)
+
+
+def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: int = 0):
+    """Creates the model with transformers, saves it to out_dir and returns it (float32)."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    config = make_config(variant)
+    config._attn_implementation = "eager"
+    with torch.device("cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    # transformers initialises norms to one and biases to zero, which would leave both
+    # untested: perturb them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.add_(0.2 * torch.randn_like(param))
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                   "float16": torch.float16}[dtype]
+    model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"make_hf_model: {args.variant} ({args.dtype}) -> {args.out_dir}", file=sys.stderr)
+    make_model(args.variant, args.out_dir, args.dtype, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+// ember-generate: the engine alone. Loads a model through the loader from any source it
+// takes, generates from token ids, prints the ids and the speed, and can write every
+// step's logits as a .npy file for comparison with another implementation.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "kernels/backend.h"
+#include "loader/cli_args.h"
+#include "loader/log.h"
+#include "loader/model_loader.h"
+#include "loader/progress_bar.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine.h"
+#include "worker/model_config.h"
+#include "worker/model_weights.h"
+#include "worker/npy.h"
+
+ABSL_FLAG(std::string, model, "", "Model source: s3://BUCKET/PREFIX, https://..., file://PATH or a path");
+ABSL_FLAG(std::string, prompt_ids, "",
+          "Prompt token ids, comma-separated (\"1,2,3\"); several prompts separated by ';' "
+          "run together in one batch");
+ABSL_FLAG(std::string, prompt, "", "Prompt text (needs the tokenizer, which is not built yet)");
+ABSL_FLAG(int, max_tokens, 32, "Tokens to generate per prompt");
+ABSL_FLAG(double, temperature, 0, "Sampling temperature; 0 is greedy");
+ABSL_FLAG(int, top_k, 0, "Keep the k most likely tokens (0: off)");
+ABSL_FLAG(double, top_p, 1, "Nucleus sampling mass (1: off)");
+ABSL_FLAG(double, min_p, 0, "Drop tokens below min_p times the top probability (0: off)");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed (prompt i of a batch uses seed + i)");
+ABSL_FLAG(int, batch, 1, "Run this many copies of a single prompt together (benchmarking)");
+ABSL_FLAG(bool, ignore_eos, false, "Keep generating after an end-of-sequence token");
+ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable)");
+ABSL_FLAG(std::string, logits_out, "",
+          "Write the float32 logits of every generated position to this .npy file: shape "
+          "[steps, vocab] for one prompt (row 0: after the prompt), [prompts, steps, vocab] "
+          "for several (rows after an early stop are NaN)");
+ABSL_FLAG(int, max_step_tokens, 512, "Tokens per forward step (prefill chunk size)");
+ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks (0: from free memory)");
+ABSL_FLAG(double, kv_memory_fraction, 0.9, "Fraction of free memory for the KV cache");
+ABSL_FLAG(bool, json, false, "Print one JSON object with ids and timings on stdout");
+ABSL_FLAG(bool, quiet, false, "No progress bar and no log lines below warnings");
+
+namespace {
+
+constexpr char kUsage[] =
+    "ember-generate --model SOURCE --prompt-ids 1,2,3 [--max-tokens N] [flags]\n\n"
+    "Loads a Llama, Mistral or Qwen2 model (config.json + safetensors) through Ember's\n"
+    "loader, generates with Ember's engine and prints the token ids and tokens/s.\n"
+    "Flags may be spelled with dashes or underscores.\n\n"
+    "Exit status: 0 on success; 1 when loading or generating failed; 2 for bad usage.";
+
+bool IsOurFlagFile(absl::string_view file) {
+  return file.find("ember_generate_main") != absl::string_view::npos;
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int Usage(const std::string& message) {
+  std::fprintf(stderr, "ember-generate: %s (see --help)\n", message.c_str());
+  return 2;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "ember-generate: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+// "1,2,3;4,5" -> {{1,2,3},{4,5}}.
+bool ParsePrompts(const std::string& text, std::vector<std::vector<int32_t>>* prompts,
+                  std::string* error) {
+  for (absl::string_view part : absl::StrSplit(text, ';', absl::SkipWhitespace())) {
+    std::vector<int32_t> ids;
+    for (absl::string_view item : absl::StrSplit(part, ',', absl::SkipWhitespace())) {
+      int32_t id;
+      if (!absl::SimpleAtoi(item, &id)) {
+        *error = absl::StrCat("--prompt-ids: '", item, "' is not a token id");
+        return false;
+      }
+      ids.push_back(id);
+    }
+    if (ids.empty()) {
+      *error = "--prompt-ids: empty prompt";
+      return false;
+    }
+    prompts->push_back(std::move(ids));
+  }
+  if (prompts->empty()) {
+    *error = "--prompt-ids is required";
+    return false;
+  }
+  return true;
+}
+
+struct Generation {
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> output;
+  std::vector<std::vector<float>> logits;  // one row per generated position
+  int prefilled = 0;
+  bool done = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = IsOurFlagFile;
+  usage.contains_helpshort_flags = IsOurFlagFile;
+  absl::SetFlagsUsageConfig(usage);
+  const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 1) return Usage("unexpected positional argument");
+  if (!absl::GetFlag(FLAGS_prompt).empty()) {
+    return Usage("--prompt needs the tokenizer, which this build does not have yet; pass --prompt-ids");
+  }
+  const std::string source = absl::GetFlag(FLAGS_model);
+  if (source.empty()) return Usage("--model is required");
+  std::vector<std::vector<int32_t>> prompts;
+  std::string error;
+  if (!ParsePrompts(absl::GetFlag(FLAGS_prompt_ids), &prompts, &error)) return Usage(error);
+  const int batch = absl::GetFlag(FLAGS_batch);
+  if (batch < 1) return Usage("--batch must be at least 1");
+  if (batch > 1) {
+    if (prompts.size() != 1) return Usage("--batch needs exactly one prompt");
+    prompts.assign(batch, prompts[0]);
+  }
+  const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  if (max_tokens < 1) return Usage("--max-tokens must be at least 1");
+  const bool quiet = absl::GetFlag(FLAGS_quiet);
+  if (quiet) ember::SetLogLevel(ember::LogLevel::kWarning);
+
+  // Backend.
+  std::string backend_name = absl::GetFlag(FLAGS_backend);
+  absl::StatusOr<std::unique_ptr<ember::kernels::Backend>> backend;
+  if (backend_name == "auto") {
+    backend = ember::kernels::MakeBackend("cuda");
+    if (!backend.ok()) {
+      ember::LogInfo("generate", "using the CPU backend",
+                     {{"reason", std::string(backend.status().message())}});
+      backend = ember::kernels::MakeBackend("cpu");
+    }
+  } else {
+    backend = ember::kernels::MakeBackend(backend_name);
+  }
+  if (!backend.ok()) return Fail(backend.status());
+
+  // Load.
+  const double t_start = Now();
+  ember::loader::LoadOptions load;
+  load.target = (*backend)->is_device() ? ember::loader::Target::kDevice : ember::loader::Target::kHost;
+  load.require_tokenizer = false;  // generation from token ids needs no tokenizer
+  ember::loader::ProgressBar bar("load");
+  if (!quiet) {
+    load.on_progress = [&](const ember::loader::LoadProgress& p) {
+      bar.Update(p.bytes_done, p.bytes_total, p.seconds);
+    };
+  }
+  auto model = ember::loader::LoadModel(source, load);
+  bar.Finish();
+  if (!model.ok()) return Fail(model.status());
+  auto config_file = model->files.find("config.json");
+  if (config_file == model->files.end()) {
+    return Fail(absl::NotFoundError(absl::StrCat(source, ": no config.json")));
+  }
+  auto config = ember::worker::ParseModelConfig(config_file->second);
+  if (!config.ok()) return Fail(absl::Status(config.status().code(),
+                                             absl::StrCat(source, ": ", config.status().message())));
+  auto weights = ember::worker::BindWeights(*config, model->weights, **backend);
+  if (!weights.ok()) return Fail(absl::Status(weights.status().code(),
+                                              absl::StrCat(source, ": ", weights.status().message())));
+  ember::worker::EngineOptions options;
+  options.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  options.max_sequences = std::max<int>(1, prompts.size());
+  options.kv_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  options.kv_memory_fraction = absl::GetFlag(FLAGS_kv_memory_fraction);
+  auto engine = ember::worker::Engine::Create(*config, std::move(*weights), backend->get(), options);
+  if (!engine.ok()) return Fail(engine.status());
+  const double t_ready = Now();
+
+  ember::worker::SamplingParams sampling;
+  sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  sampling.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
+  const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
+  const bool ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+
+  std::vector<Generation> gens(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    gens[i].prompt = prompts[i];
+    if (absl::Status s = (*engine)->AddSequence(i); !s.ok()) return Fail(s);
+  }
+  // A simple schedule: prefill chunks first (as many as fit a step), then every running
+  // sequence decodes one token per step. The worker's scheduler interleaves them.
+  const double t_gen = Now();
+  double t_first = 0;
+  int64_t prompt_tokens = 0, generated = 0, steps = 0;
+  for (const auto& p : prompts) prompt_tokens += p.size();
+  while (true) {
+    std::vector<ember::worker::StepInput> inputs;
+    std::vector<int32_t> last_token(gens.size());
+    int budget = options.max_step_tokens;
+    for (size_t i = 0; i < gens.size() && budget > 0; ++i) {
+      Generation& g = gens[i];
+      if (g.done) continue;
+      ember::worker::StepInput in;
+      in.sequence = i;
+      in.sampling = sampling;
+      in.sampling.seed = absl::GetFlag(FLAGS_seed) + i;
+      in.want_logits = want_logits;
+      if (g.prefilled < static_cast<int>(g.prompt.size())) {
+        const int n = std::min<int>(budget, g.prompt.size() - g.prefilled);
+        in.tokens = std::span<const int32_t>(g.prompt.data() + g.prefilled, n);
+        in.sample = g.prefilled + n == static_cast<int>(g.prompt.size());
+        in.want_logits = in.sample && want_logits;
+        g.prefilled += n;
+        budget -= n;
+      } else {
+        last_token[i] = g.output.back();
+        in.tokens = std::span<const int32_t>(&last_token[i], 1);
+        budget -= 1;
+      }
+      inputs.push_back(in);
+    }
+    if (inputs.empty()) break;
+    auto outputs = (*engine)->Step(inputs);
+    if (!outputs.ok()) return Fail(outputs.status());
+    ++steps;
+    for (auto& o : *outputs) {
+      Generation& g = gens[o.sequence];
+      if (o.token < 0) continue;
+      if (t_first == 0) t_first = Now();
+      g.output.push_back(o.token);
+      if (want_logits) g.logits.push_back(std::move(o.logits));
+      ++generated;
+      const auto& eos = config->eos_token_ids;
+      const bool is_eos = std::find(eos.begin(), eos.end(), o.token) != eos.end();
+      if (static_cast<int>(g.output.size()) >= max_tokens || (is_eos && !ignore_eos)) {
+        g.done = true;
+        (*engine)->RemoveSequence(o.sequence);
+      }
+    }
+  }
+  const double t_end = Now();
+
+  if (want_logits) {
+    const int64_t vocab = config->vocab_size;
+    size_t rows = 0;
+    for (const auto& g : gens) rows = std::max(rows, g.logits.size());
+    std::vector<float> data;
+    data.reserve(gens.size() * rows * vocab);
+    for (const auto& g : gens) {
+      for (size_t r = 0; r < rows; ++r) {
+        if (r < g.logits.size()) {
+          data.insert(data.end(), g.logits[r].begin(), g.logits[r].end());
+        } else {
+          data.insert(data.end(), vocab, std::numeric_limits<float>::quiet_NaN());
+        }
+      }
+    }
+    std::vector<int64_t> shape = {static_cast<int64_t>(rows), vocab};
+    if (gens.size() > 1) shape.insert(shape.begin(), static_cast<int64_t>(gens.size()));
+    if (absl::Status s = ember::worker::WriteNpyFloat32(absl::GetFlag(FLAGS_logits_out), shape, data);
+        !s.ok()) {
+      return Fail(s);
+    }
+  }
+
+  // Decode speed: tokens after each sequence's first, over the time after the first token.
+  const double decode_s = t_end - t_first;
+  const int64_t decode_tokens = generated - static_cast<int64_t>(gens.size());
+  const double tps = decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0;
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json out;
+    out["backend"] = std::string((*backend)->name());
+    out["outputs"] = nlohmann::json::array();
+    for (const auto& g : gens) out["outputs"].push_back(g.output);
+    out["prompt_tokens"] = prompt_tokens;
+    out["generated_tokens"] = generated;
+    out["steps"] = steps;
+    out["load_s"] = t_ready - t_start;
+    out["time_to_first_token_s"] = t_first - t_gen;
+    out["decode_s"] = decode_s;
+    out["decode_tokens_per_s"] = tps;
+    out["batch"] = gens.size();
+    out["kv_blocks"] = (*engine)->kv_cache().num_blocks();
+    std::cout << out.dump() << std::endl;
+  } else {
+    for (size_t i = 0; i < gens.size(); ++i) {
+      if (gens.size() > 1) std::cout << "[" << i << "] ";
+      std::cout << absl::StrJoin(gens[i].output, ",") << "\n";
+    }
+    std::cout << absl::StrFormat(
+        "backend %s: loaded and ready in %.2f s; prompt %d tokens, first token after %.1f ms; "
+        "%d tokens generated, decode %.1f tokens/s at batch %d\n",
+        (*backend)->name(), t_ready - t_start, prompt_tokens, (t_first - t_gen) * 1e3, generated,
+        tps, gens.size());
+  }
+  return 0;
+}

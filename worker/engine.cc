@@ -1,0 +1,355 @@
+// The batched forward pass of the Llama family over the op interface, and the step
+// bookkeeping around it (validation, KV block reservation, step metadata).
+#include "worker/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace ember::worker {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+float SamplingUniform(uint64_t seed, int64_t position) {
+  const uint64_t bits = SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(position));
+  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // 24 bits: exact in float
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config,
+                                                       ModelWeights weights,
+                                                       kernels::Backend* backend,
+                                                       const EngineOptions& options) {
+  if (options.max_step_tokens <= 0 || options.max_sequences <= 0 || options.block_size <= 0) {
+    return absl::InvalidArgumentError(
+        "engine: max_step_tokens, max_sequences and block_size must be positive");
+  }
+  if (options.kv_memory_fraction <= 0 || options.kv_memory_fraction > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine: kv_memory_fraction must be in (0, 1], got ", options.kv_memory_fraction));
+  }
+  const int max_context = options.max_context > 0
+                              ? std::min(options.max_context, config.max_position_embeddings)
+                              : config.max_position_embeddings;
+  const uint64_t T = options.max_step_tokens, S = options.max_sequences;
+  const uint64_t H = config.hidden_size, I = config.intermediate_size;
+
+  // Workspace first, so the KV cache gets what is left.
+  Workspace ws;
+  struct Want {
+    kernels::Buffer* buffer;
+    uint64_t bytes;
+    const char* what;
+  };
+  const int max_blocks_per_seq = (max_context + options.block_size - 1) / options.block_size;
+  const int64_t meta_ints = 4ll * T + static_cast<int64_t>(S) * max_blocks_per_seq + S;
+  const Want wants[] = {
+      {&ws.residual, T * H * 4, "the residual stream"},
+      {&ws.x, T * H * 4, "layer outputs"},
+      {&ws.h, T * H * 4, "normed activations"},
+      {&ws.q, 4ull * T * config.q_width(), "queries"},
+      {&ws.k, 4ull * T * config.kv_width(), "keys"},
+      {&ws.v, 4ull * T * config.kv_width(), "values"},
+      {&ws.attn, 4ull * T * config.q_width(), "attention outputs"},
+      {&ws.gate, T * I * 4, "MLP gate"},
+      {&ws.up, T * I * 4, "MLP up"},
+      {&ws.final_rows, S * H * 4, "final hidden rows"},
+      {&ws.logits, 4ull * S * config.vocab_size, "logits"},
+      {&ws.meta, static_cast<uint64_t>(meta_ints) * 4, "step metadata"},
+      {&ws.sampling, S * sizeof(kernels::SamplingRow), "sampling parameters"},
+      {&ws.tokens, S * 4ull, "sampled tokens"},
+      {&ws.attention, backend->AttentionWorkspaceBytes(static_cast<int>(T), config.num_heads, config.head_dim),
+       "attention scratch"},
+      {&ws.inv_freq, 4ull * config.head_dim / 2, "rotary frequencies"},
+  };
+  for (const Want& w : wants) {
+    if (w.bytes == 0) continue;
+    auto buffer = backend->Allocate(w.bytes, absl::StrCat("engine workspace: ", w.what));
+    if (!buffer.ok()) return buffer.status();
+    *w.buffer = std::move(*buffer);
+  }
+  const std::vector<float> inv_freq = RopeInverseFrequencies(config);
+  if (absl::Status s = backend->Upload(ws.inv_freq.data(), inv_freq.data(), inv_freq.size() * 4);
+      !s.ok()) {
+    return s;
+  }
+
+  KvCacheShape shape;
+  shape.num_layers = config.num_layers;
+  shape.kv_heads = config.num_kv_heads;
+  shape.head_dim = config.head_dim;
+  shape.block_size = options.block_size;
+  shape.type = backend->KvType(weights.dtype);
+  const int64_t max_useful = static_cast<int64_t>(S) * max_blocks_per_seq;
+  const int64_t blocks =
+      options.kv_blocks > 0
+          ? options.kv_blocks
+          : PlanKvBlocks(shape, backend->FreeMemoryBytes(), options.kv_memory_fraction, max_useful);
+  auto cache = KvCache::Create(*backend, shape, blocks);
+  if (!cache.ok()) return cache.status();
+
+  return std::unique_ptr<Engine>(new Engine(config, std::move(weights), backend, options,
+                                            std::move(*cache), std::move(ws), max_context));
+}
+
+Engine::Engine(const ModelConfig& config, ModelWeights weights, kernels::Backend* backend,
+               const EngineOptions& options, KvCache cache, Workspace workspace, int max_context)
+    : config_(config),
+      weights_(std::move(weights)),
+      backend_(backend),
+      options_(options),
+      cache_(std::move(cache)),
+      ws_(std::move(workspace)),
+      max_context_(max_context),
+      max_blocks_per_seq_((max_context + options.block_size - 1) / options.block_size) {
+  const int64_t T = options_.max_step_tokens, S = options_.max_sequences;
+  meta_ids_ = 0;
+  meta_pos_ = T;
+  meta_seq_ = 2 * T;
+  meta_slots_ = 3 * T;
+  meta_tables_ = 4 * T;
+  meta_out_rows_ = meta_tables_ + S * max_blocks_per_seq_;
+  host_meta_.assign(meta_out_rows_ + S, 0);
+}
+
+absl::Status Engine::AddSequence(uint64_t id) {
+  if (sequences_.count(id) > 0) {
+    return absl::AlreadyExistsError(absl::StrCat("sequence ", id, " already exists"));
+  }
+  if (static_cast<int>(sequences_.size()) >= options_.max_sequences) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the engine already holds its maximum of ", options_.max_sequences, " sequences"));
+  }
+  sequences_[id];
+  return absl::OkStatus();
+}
+
+void Engine::RemoveSequence(uint64_t id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return;
+  cache_.Release(it->second.table);
+  sequences_.erase(it);
+}
+
+int Engine::SequenceLength(uint64_t id) const {
+  auto it = sequences_.find(id);
+  return it == sequences_.end() ? 0 : it->second.length;
+}
+
+absl::Status Engine::Validate(std::span<const StepInput> inputs) const {
+  if (inputs.empty()) return absl::InvalidArgumentError("step: no inputs");
+  int64_t total = 0;
+  std::set<uint64_t> seen;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& in = inputs[i];
+    auto it = sequences_.find(in.sequence);
+    if (it == sequences_.end()) {
+      return absl::NotFoundError(absl::StrCat("step: input ", i, ": unknown sequence ", in.sequence));
+    }
+    if (!seen.insert(in.sequence).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step: sequence ", in.sequence, " appears twice in one step"));
+    }
+    if (in.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("step: sequence ", in.sequence, " has no tokens"));
+    }
+    for (size_t t = 0; t < in.tokens.size(); ++t) {
+      if (in.tokens[t] < 0 || in.tokens[t] >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "step: sequence ", in.sequence, ": token ", t, " is ", in.tokens[t],
+            ", outside the vocabulary [0, ", config_.vocab_size, ")"));
+      }
+    }
+    if (it->second.length + static_cast<int64_t>(in.tokens.size()) > max_context_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step: sequence ", in.sequence, " would reach ", it->second.length + in.tokens.size(),
+          " tokens, beyond the context limit of ", max_context_));
+    }
+    const SamplingParams& sp = in.sampling;
+    if (!(sp.temperature >= 0) || sp.top_k < 0 || !(sp.top_p > 0 && sp.top_p <= 1) ||
+        !(sp.min_p >= 0 && sp.min_p <= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step: sequence ", in.sequence,
+          ": sampling needs temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1"));
+    }
+    total += static_cast<int64_t>(in.tokens.size());
+  }
+  if (static_cast<int>(inputs.size()) > options_.max_sequences) {
+    return absl::InvalidArgumentError(absl::StrCat("step: ", inputs.size(),
+                                                   " sequences, more than max_sequences ",
+                                                   options_.max_sequences));
+  }
+  if (total > options_.max_step_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("step: ", total, " tokens, more than max_step_tokens ",
+                                                   options_.max_step_tokens));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> inputs) {
+  if (absl::Status s = Validate(inputs); !s.ok()) return s;
+
+  // Reserve KV blocks for the whole step, all or nothing.
+  int64_t needed = 0;
+  for (const StepInput& in : inputs) {
+    const Sequence& seq = sequences_.at(in.sequence);
+    needed += cache_.BlocksFor(seq.length + in.tokens.size()) -
+              static_cast<int64_t>(seq.table.blocks.size());
+  }
+  if (needed > cache_.free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: this step needs ", needed, " more blocks of ", options_.block_size,
+        " tokens, ", cache_.free_blocks(), " of ", cache_.num_blocks(),
+        " are free; finish or remove a sequence, or step fewer tokens"));
+  }
+  for (const StepInput& in : inputs) {
+    Sequence& seq = sequences_.at(in.sequence);
+    absl::Status s = cache_.Reserve(seq.table, seq.length + in.tokens.size());
+    if (!s.ok()) return s;  // cannot happen: checked above
+  }
+
+  // Step metadata: per token its id, position, sequence row and cache slot; per sequence
+  // its block table; per output the token row it reads.
+  const int bs = options_.block_size;
+  int32_t* meta = host_meta_.data();
+  std::vector<kernels::SamplingRow> sampling;
+  int n_tokens = 0;
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    const StepInput& in = inputs[s];
+    const Sequence& seq = sequences_.at(in.sequence);
+    std::copy(seq.table.blocks.begin(), seq.table.blocks.end(),
+              meta + meta_tables_ + s * max_blocks_per_seq_);
+    for (size_t t = 0; t < in.tokens.size(); ++t, ++n_tokens) {
+      const int pos = seq.length + static_cast<int>(t);
+      meta[meta_ids_ + n_tokens] = in.tokens[t];
+      meta[meta_pos_ + n_tokens] = pos;
+      meta[meta_seq_ + n_tokens] = static_cast<int32_t>(s);
+      meta[meta_slots_ + n_tokens] = seq.table.blocks[pos / bs] * bs + pos % bs;
+    }
+    if (in.sample || in.want_logits) {
+      meta[meta_out_rows_ + sampling.size()] = n_tokens - 1;
+      kernels::SamplingRow row;
+      row.temperature = in.sampling.temperature;
+      row.top_k = in.sampling.top_k;
+      row.top_p = in.sampling.top_p;
+      row.min_p = in.sampling.min_p;
+      // The token being chosen sits at position length + tokens.
+      row.uniform = SamplingUniform(in.sampling.seed, seq.length + in.tokens.size());
+      sampling.push_back(row);
+    }
+  }
+  const int n_out = static_cast<int>(sampling.size());
+  if (absl::Status s = backend_->Upload(ws_.meta.data(), host_meta_.data(), host_meta_.size() * 4);
+      !s.ok()) {
+    return s;
+  }
+  if (n_out > 0) {
+    if (absl::Status s = backend_->Upload(ws_.sampling.data(), sampling.data(),
+                                          sampling.size() * sizeof(kernels::SamplingRow));
+        !s.ok()) {
+      return s;
+    }
+  }
+
+  Forward(n_tokens, n_out);
+
+  std::vector<StepOutput> outputs;
+  std::vector<int32_t> tokens(n_out);
+  if (n_out > 0) {
+    if (absl::Status s = backend_->Download(tokens.data(), ws_.tokens.data(), n_out * 4); !s.ok()) {
+      return s;
+    }
+  } else if (absl::Status s = backend_->Synchronize(); !s.ok()) {
+    return s;
+  }
+  int out = 0;
+  const int64_t V = config_.vocab_size;
+  for (const StepInput& in : inputs) {
+    sequences_.at(in.sequence).length += static_cast<int>(in.tokens.size());
+    if (!in.sample && !in.want_logits) continue;
+    StepOutput o;
+    o.sequence = in.sequence;
+    if (in.sample) o.token = tokens[out];
+    if (in.want_logits) {
+      o.logits.resize(V);
+      if (absl::Status s = backend_->Download(o.logits.data(), ws_.logits.as<float>() + out * V, V * 4);
+          !s.ok()) {
+        return s;
+      }
+    }
+    outputs.push_back(std::move(o));
+    ++out;
+  }
+  return outputs;
+}
+
+void Engine::Forward(int T, int n_out) {
+  kernels::Backend& b = *backend_;
+  const ModelConfig& c = config_;
+  const int H = c.hidden_size;
+  const float eps = c.rms_norm_eps;
+  const int32_t* meta = ws_.meta.as<int32_t>();
+  const int32_t* ids = meta + meta_ids_;
+  const int32_t* pos = meta + meta_pos_;
+  float* residual = ws_.residual.as<float>();  // [T, H] the residual stream
+  float* x = ws_.x.as<float>();                // [T, H] a sublayer's output
+  float* h = ws_.h.as<float>();                // [T, H] normed input of a sublayer
+  float* q = ws_.q.as<float>();                // [T, heads, head_dim]
+  float* k = ws_.k.as<float>();                // [T, kv_heads, head_dim]
+  float* v = ws_.v.as<float>();                // [T, kv_heads, head_dim]
+  float* attn = ws_.attn.as<float>();          // [T, heads, head_dim]
+  float* gate = ws_.gate.as<float>();          // [T, intermediate]
+  float* up = ws_.up.as<float>();              // [T, intermediate]
+
+  kernels::AttentionArgs attention;
+  attention.q = q;
+  attention.out = attn;
+  attention.block_tables = meta + meta_tables_;
+  attention.max_blocks_per_seq = max_blocks_per_seq_;
+  attention.token_seq = meta + meta_seq_;
+  attention.token_pos = pos;
+  attention.n = T;
+  attention.q_heads = c.num_heads;
+  attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  attention.sliding_window = c.sliding_window;
+  attention.workspace = ws_.attention.data();
+  attention.workspace_bytes = ws_.attention.bytes();
+
+  b.Embed(weights_.embed, ids, T, residual);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    b.AddRmsNorm(l == 0 ? nullptr : x, residual, w.input_norm, T, H, eps, h);
+    b.Linear(h, T, w.q, w.q_bias, q);
+    b.Linear(h, T, w.k, w.k_bias, k);
+    b.Linear(h, T, w.v, w.v_bias, v);
+    b.Rope(q, k, pos, ws_.inv_freq.as<float>(), T, c.num_heads, c.num_kv_heads, c.head_dim);
+    attention.cache = cache_.Layer(l);
+    b.KvStore(attention.cache, k, v, meta + meta_slots_, T);
+    b.Attention(attention);
+    b.Linear(attn, T, w.o, w.o_bias, x);
+    b.AddRmsNorm(x, residual, w.post_attention_norm, T, H, eps, h);
+    b.Linear(h, T, w.gate, w.gate_bias, gate);
+    b.Linear(h, T, w.up, w.up_bias, up);
+    b.SwiGlu(gate, up, static_cast<int64_t>(T) * c.intermediate_size, gate);
+    b.Linear(gate, T, w.down, w.down_bias, x);
+  }
+  if (n_out == 0) return;
+  // Only the rows that produce a token need the final norm and the vocabulary projection.
+  b.GatherRows(x, meta + meta_out_rows_, n_out, H, h);
+  b.GatherRows(residual, meta + meta_out_rows_, n_out, H, ws_.final_rows.as<float>());
+  b.AddRmsNorm(h, ws_.final_rows.as<float>(), weights_.final_norm, n_out, H, eps, x);
+  b.Linear(x, n_out, weights_.lm_head, nullptr, ws_.logits.as<float>());
+  b.Sample(ws_.logits.as<float>(), n_out, c.vocab_size, ws_.sampling.as<kernels::SamplingRow>(),
+           ws_.tokens.as<int32_t>());
+}
+
+}  // namespace ember::worker

@@ -1,0 +1,115 @@
+// The engine: one batched forward step over a mixed batch (prefill chunks and single
+// decode tokens of different sequences) on any backend, with the paged KV cache. The
+// continuous-batching scheduler in the worker decides what goes into each step.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "worker/kv_cache.h"
+#include "worker/model_config.h"
+#include "worker/model_weights.h"
+
+namespace ember::worker {
+
+struct EngineOptions {
+  int max_step_tokens = 512;   // tokens in one forward (bounds prefill chunks)
+  int max_sequences = 64;      // sequences alive at once (and per step)
+  int block_size = 16;         // tokens per KV block
+  double kv_memory_fraction = 0.9;  // of the memory free after weights and workspace
+  int64_t kv_blocks = 0;       // > 0: exactly this many blocks instead
+  int max_context = 0;         // 0: the model's max_position_embeddings
+};
+
+struct SamplingParams {
+  float temperature = 0;  // 0: greedy
+  int top_k = 0;
+  float top_p = 1;
+  float min_p = 0;
+  uint64_t seed = 0;
+};
+
+// One sequence's part of a step: `tokens` are appended at the sequence's current length.
+struct StepInput {
+  uint64_t sequence = 0;
+  std::span<const int32_t> tokens;
+  bool sample = true;        // choose the next token after the last of `tokens`
+  bool want_logits = false;  // also return the logits after the last of `tokens`
+  SamplingParams sampling;
+};
+
+struct StepOutput {
+  uint64_t sequence = 0;
+  int32_t token = -1;          // when sampled
+  std::vector<float> logits;   // [vocab] when asked for
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ModelConfig& config,
+                                                        ModelWeights weights,
+                                                        kernels::Backend* backend,
+                                                        const EngineOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  const EngineOptions& options() const { return options_; }
+  int max_context() const { return max_context_; }
+  const KvCache& kv_cache() const { return cache_; }
+  kernels::Backend& backend() const { return *backend_; }
+
+  // Sequence lifetime: a sequence holds KV blocks from its first step until removed
+  // (finished or cancelled).
+  absl::Status AddSequence(uint64_t id);
+  void RemoveSequence(uint64_t id);
+  bool HasSequence(uint64_t id) const { return sequences_.count(id) > 0; }
+  int SequenceLength(uint64_t id) const;
+
+  // Runs one forward. Fails without changing any sequence when an input is invalid
+  // (InvalidArgument naming it) or the KV cache cannot hold the step (ResourceExhausted).
+  // Outputs come in the order of `inputs`, one per input that sampled or asked for logits.
+  absl::StatusOr<std::vector<StepOutput>> Step(std::span<const StepInput> inputs);
+
+ private:
+  struct Sequence {
+    BlockTable table;
+    int length = 0;  // tokens whose K and V are in the cache
+  };
+  // Per-step scratch in the backend's memory, sized once for max_step_tokens.
+  struct Workspace {
+    kernels::Buffer residual, x, h, q, k, v, attn, gate, up;  // [T, width] activations
+    kernels::Buffer final_rows, logits;                       // [S, hidden], [S, vocab]
+    kernels::Buffer meta;                                     // the int32 step metadata
+    kernels::Buffer sampling, tokens;                         // [S] SamplingRow, [S] int32
+    kernels::Buffer attention;                                // split-K scratch
+    kernels::Buffer inv_freq;                                 // [head_dim / 2]
+  };
+
+  Engine(const ModelConfig& config, ModelWeights weights, kernels::Backend* backend,
+         const EngineOptions& options, KvCache cache, Workspace workspace, int max_context);
+  absl::Status Validate(std::span<const StepInput> inputs) const;
+  void Forward(int n_tokens, int n_out);
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  kernels::Backend* backend_;
+  EngineOptions options_;
+  KvCache cache_;
+  Workspace ws_;
+  int max_context_;
+  int max_blocks_per_seq_;
+  std::map<uint64_t, Sequence> sequences_;
+  std::vector<int32_t> host_meta_;  // staging for ws_.meta
+  // Offsets of each array inside ws_.meta (in int32 elements).
+  int64_t meta_ids_, meta_pos_, meta_seq_, meta_slots_, meta_tables_, meta_out_rows_;
+};
+
+// The `uniform` for sampling the token at `position` of a sequence seeded `seed`: a
+// counter-based hash, so a draw never depends on the batch or on earlier draws' order.
+float SamplingUniform(uint64_t seed, int64_t position);
+
+}  // namespace ember::worker

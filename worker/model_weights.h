@@ -1,0 +1,46 @@
+// Binding the loader's weight map to the model: every tensor found by its Hugging Face
+// name, its shape and dtype checked, and every problem reported at once.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "loader/model_loader.h"
+#include "worker/model_config.h"
+
+namespace ember::worker {
+
+struct LayerWeights {
+  kernels::Matrix q, k, v, o;       // [q_width, hidden], [kv_width, hidden] x2, [hidden, q_width]
+  kernels::Matrix gate, up, down;   // [inter, hidden] x2, [hidden, inter]
+  // Small tensors, converted to F32 in the backend's memory (null when absent).
+  float* input_norm = nullptr;      // [hidden]
+  float* post_attention_norm = nullptr;  // [hidden]
+  float* q_bias = nullptr;          // [q_width]
+  float* k_bias = nullptr;          // [kv_width]
+  float* v_bias = nullptr;          // [kv_width]
+  float* o_bias = nullptr;          // [hidden]
+  float* gate_bias = nullptr;       // [inter]
+  float* up_bias = nullptr;         // [inter]
+  float* down_bias = nullptr;       // [hidden]
+};
+
+struct ModelWeights {
+  kernels::Matrix embed;    // [vocab, hidden]
+  kernels::Matrix lm_head;  // [vocab, hidden]; the embedding itself when tied
+  float* final_norm = nullptr;  // [hidden]
+  std::vector<LayerWeights> layers;
+  kernels::ScalarType dtype = kernels::ScalarType::kF32;  // of the large matrices
+  std::vector<kernels::Buffer> f32_buffers;  // owns the converted small tensors
+};
+
+// Binds `weights` (already in the backend's memory: host for cpu, device for cuda).
+// One error lists every missing, unexpected, mis-shaped or mistyped tensor by name.
+absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config,
+                                         const std::map<std::string, loader::WeightView>& weights,
+                                         kernels::Backend& backend);
+
+}  // namespace ember::worker

@@ -1,0 +1,68 @@
+"""The CUDA backend against transformers in BF16, end to end through ember-generate.
+
+Run by CTest as `engine_reference_gpu`: exits 77 (CTest's skip code) with a visible
+"GPU test skipped: ..." line when no usable CUDA device is present, otherwise runs the
+pytest cases below. BF16 tolerance: Ember keeps activations in FP32 but its KV cache in
+BF16, so its logits may differ from transformers' float32 run of the same BF16 weights by
+a few BF16 ulps of the logits' scale; greedy tokens must agree wherever transformers'
+top-2 margin is larger than that tolerance.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_reference import ember_generate, hf_generate, models, prompt_for  # noqa: E402,F401
+
+BF16_RELATIVE_TOLERANCE = 3e-2
+
+
+def gpu_unavailable_reason() -> str | None:
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return f"no CUDA driver ({e})"
+    if cuda.cuInit(0) != 0:
+        return "cuInit failed"
+    count = ctypes.c_int(0)
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "no CUDA device"
+    return None
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2-bias", "llama-tied-hd128", "mistral-window"])
+def test_cuda_backend_matches_transformers_in_bf16(variant, models, tmp_path):  # noqa: F811
+    model_dir = models(variant, "bfloat16")
+    import json
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    prompt = prompt_for(vocab, 11, seed=1)
+    hf_tokens, hf_logits = hf_generate(model_dir, prompt)
+    outputs, logits, result = ember_generate(str(model_dir), [prompt], tmp_path,
+                                             extra=["--backend", "cuda"])
+    assert result["backend"] == "cuda"
+    scale = float(np.abs(hf_logits).max())
+    # Compare step by step while the sequences agree (a legitimately different greedy
+    # choice at a near-tie changes everything after it).
+    for step, (mine, ref) in enumerate(zip(outputs[0], hf_tokens)):
+        diff = float(np.abs(logits[step] - hf_logits[step]).max())
+        assert diff <= BF16_RELATIVE_TOLERANCE * scale, f"step {step}: {diff:.3g} vs scale {scale:.3g}"
+        if mine != ref:
+            top2 = np.sort(hf_logits[step])[-2:]
+            assert top2[1] - top2[0] <= 2 * BF16_RELATIVE_TOLERANCE * scale, (
+                f"step {step}: ember chose {mine}, transformers {ref} with a clear margin")
+            break
+
+
+if __name__ == "__main__":
+    reason = gpu_unavailable_reason()
+    if reason:
+        print(f"GPU test skipped: {reason}")
+        sys.exit(77)
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", __file__]))

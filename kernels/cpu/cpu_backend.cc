@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -36,16 +35,16 @@ class CpuBackend final : public Backend {
   bool is_device() const override { return false; }
 
   absl::StatusOr<Buffer> Allocate(size_t bytes, absl::string_view what) override {
-    // 64-byte alignment for vector loads; zeroed so a bug reads zeros, not garbage.
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-    if (p == nullptr) {
+    // Anonymous mappings: page-aligned for vector loads, and zero pages arrive lazily, so
+    // a KV cache sized for every sequence at full context costs nothing until used.
+    const size_t mapped = bytes == 0 ? 1 : bytes;
+    void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "cpu: cannot allocate %d bytes for %s (available: %d bytes)", bytes, what,
           MemAvailableBytes()));
     }
-    std::memset(p, 0, rounded);
-    return Buffer(p, bytes, [](void* q) { std::free(q); });
+    return Buffer(p, bytes, [mapped](void* q) { munmap(q, mapped); });
   }
   uint64_t FreeMemoryBytes() override { return MemAvailableBytes(); }
   absl::Status Upload(void* dst, const void* src, size_t bytes) override {

@@ -1,0 +1,334 @@
+// The pre-tokenizers of tokenizer.json that the supported model families use, with the
+// split semantics of Hugging Face tokenizers (NormalizedString::split and the
+// pre_tokenizers/{split,byte_level,metaspace,digits,sequence}.rs components).
+#include "worker/pretokenizer.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "worker/byte_level.h"
+#include "worker/tokenizer_json.h"
+#include "worker/tokenizer_regex.h"
+#include "worker/utf8.h"
+
+namespace ember::worker {
+namespace {
+
+namespace tj = tokenizer_json;
+using nlohmann::json;
+
+// GPT-2's pre-tokenization pattern (ByteLevel with use_regex).
+constexpr absl::string_view kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+// A run of the piece's text, [begin, end), and whether the pattern matched it.
+struct Span {
+  size_t begin, end;
+  bool is_match;
+};
+
+// The spans covering a text of `size` bytes, given the pattern's matches.
+std::vector<Span> SpansOfMatches(size_t size, const std::vector<std::pair<size_t, size_t>>& matches,
+                                 bool invert) {
+  std::vector<Span> spans;
+  size_t prev = 0;
+  for (const auto& [begin, end] : matches) {
+    if (prev != begin) spans.push_back({prev, begin, invert});
+    spans.push_back({begin, end, !invert});
+    prev = end;
+  }
+  if (prev != size) spans.push_back({prev, size, invert});
+  return spans;
+}
+
+// The spans of a character predicate: each matching character is a match of its own.
+template <typename Predicate>
+std::vector<Span> SpansOfChars(absl::string_view text, Predicate matches) {
+  std::vector<Span> spans;
+  size_t prev = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t begin = pos;
+    const char32_t c = utf8::Next(text, pos);
+    if (!matches(c)) continue;
+    if (prev < begin) spans.push_back({prev, begin, false});
+    spans.push_back({begin, pos, true});
+    prev = pos;
+  }
+  if (prev < text.size()) spans.push_back({prev, text.size(), false});
+  return spans;
+}
+
+// Cuts `piece` along `spans` as `behavior` says (HF's NormalizedString::split).
+void SplitSpans(const TextPiece& piece, const std::vector<Span>& spans, Behavior behavior,
+                std::vector<TextPiece>& out) {
+  std::vector<Span> cuts;  // is_match here means "remove"
+  bool previous_match = false;
+  switch (behavior) {
+    case Behavior::kIsolated:
+      for (const Span& s : spans) cuts.push_back({s.begin, s.end, false});
+      break;
+    case Behavior::kRemoved:
+      cuts = spans;
+      break;
+    case Behavior::kContiguous:
+      for (const Span& s : spans) {
+        if (s.is_match == previous_match && !cuts.empty()) {
+          cuts.back().end = s.end;
+        } else {
+          cuts.push_back({s.begin, s.end, false});
+        }
+        previous_match = s.is_match;
+      }
+      break;
+    case Behavior::kMergedWithPrevious:
+      for (const Span& s : spans) {
+        if (s.is_match && !previous_match && !cuts.empty()) {
+          cuts.back().end = s.end;
+        } else {
+          cuts.push_back({s.begin, s.end, false});
+        }
+        previous_match = s.is_match;
+      }
+      break;
+    case Behavior::kMergedWithNext:
+      for (auto s = spans.rbegin(); s != spans.rend(); ++s) {
+        if (s->is_match && !previous_match && !cuts.empty()) {
+          cuts.back().begin = s->begin;
+        } else {
+          cuts.push_back({s->begin, s->end, false});
+        }
+        previous_match = s->is_match;
+      }
+      std::reverse(cuts.begin(), cuts.end());
+      break;
+  }
+  for (const Span& c : cuts) {
+    if (c.is_match || c.begin == c.end) continue;
+    out.push_back(
+        {piece.text.substr(c.begin, c.end - c.begin), piece.at_input_start && c.begin == 0});
+  }
+}
+
+class SplitPreTokenizer : public PreTokenizer {
+ public:
+  SplitPreTokenizer(TokenizerRegex pattern, Behavior behavior, bool invert)
+      : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
+
+ protected:
+  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
+    SplitSpans(piece, SpansOfMatches(piece.text.size(), pattern_.FindAll(piece.text), invert_),
+               behavior_, out);
+  }
+
+ private:
+  TokenizerRegex pattern_;
+  Behavior behavior_;
+  bool invert_;
+};
+
+// GPT-2's pre-tokenizer: optionally a leading space and the GPT-2 split, then every byte
+// shown in the byte-level alphabet.
+class ByteLevelPreTokenizer : public PreTokenizer {
+ public:
+  ByteLevelPreTokenizer(bool add_prefix_space, std::optional<TokenizerRegex> regex)
+      : add_prefix_space_(add_prefix_space), regex_(std::move(regex)) {}
+
+ protected:
+  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
+    TextPiece spaced = piece;
+    if (add_prefix_space_ && !absl::StartsWith(spaced.text, " "))
+      spaced.text = absl::StrCat(" ", spaced.text);
+    std::vector<TextPiece> words;
+    if (regex_) {
+      SplitSpans(spaced, SpansOfMatches(spaced.text.size(), regex_->FindAll(spaced.text), false),
+                 Behavior::kIsolated, words);
+    } else {
+      words.push_back(std::move(spaced));
+    }
+    for (TextPiece& word : words) {
+      TextPiece encoded{std::string(), word.at_input_start};
+      byte_level::AppendEncoded(word.text, encoded.text);
+      out.push_back(std::move(encoded));
+    }
+  }
+
+ private:
+  bool add_prefix_space_;
+  std::optional<TokenizerRegex> regex_;
+};
+
+enum class PrependScheme { kAlways, kFirst, kNever };
+
+// SentencePiece's convention: spaces become "▁", a "▁" is prepended, and (with `split`)
+// every "▁" starts a new word.
+class MetaspacePreTokenizer : public PreTokenizer {
+ public:
+  MetaspacePreTokenizer(std::string replacement, PrependScheme scheme, bool split)
+      : replacement_(std::move(replacement)), scheme_(scheme), split_(split) {
+    size_t pos = 0;
+    replacement_char_ = utf8::Next(replacement_, pos);
+  }
+
+ protected:
+  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
+    TextPiece p{absl::StrReplaceAll(piece.text, {{" ", replacement_}}), piece.at_input_start};
+    const bool prepend = scheme_ == PrependScheme::kAlways ||
+                         (scheme_ == PrependScheme::kFirst && piece.at_input_start);
+    if (prepend && !absl::StartsWith(p.text, replacement_)) p.text.insert(0, replacement_);
+    if (!split_) {
+      out.push_back(std::move(p));
+      return;
+    }
+    SplitSpans(p, SpansOfChars(p.text, [&](char32_t c) { return c == replacement_char_; }),
+               Behavior::kMergedWithNext, out);
+  }
+
+ private:
+  std::string replacement_;
+  char32_t replacement_char_;
+  PrependScheme scheme_;
+  bool split_;
+};
+
+// Numbers apart from the rest: each digit alone, or runs of digits.
+class DigitsPreTokenizer : public PreTokenizer {
+ public:
+  explicit DigitsPreTokenizer(bool individual) : individual_(individual) {}
+
+ protected:
+  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
+    SplitSpans(piece, SpansOfChars(piece.text, utf8::IsNumeric),
+               individual_ ? Behavior::kIsolated : Behavior::kContiguous, out);
+  }
+
+ private:
+  bool individual_;
+};
+
+class SequencePreTokenizer : public PreTokenizer {
+ public:
+  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
+      : steps_(std::move(steps)) {}
+  void Apply(std::vector<TextPiece>& pieces) const override {
+    for (const auto& step : steps_) step->Apply(pieces);
+  }
+
+ protected:
+  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
+    std::vector<TextPiece> pieces{piece};
+    Apply(pieces);
+    for (TextPiece& p : pieces) out.push_back(std::move(p));
+  }
+
+ private:
+  std::vector<std::unique_ptr<PreTokenizer>> steps_;
+};
+
+absl::StatusOr<Behavior> ParseBehavior(const json& j, const std::string& path) {
+  static constexpr std::pair<absl::string_view, Behavior> kNames[] = {
+      {"Removed", Behavior::kRemoved},
+      {"Isolated", Behavior::kIsolated},
+      {"MergedWithPrevious", Behavior::kMergedWithPrevious},
+      {"MergedWithNext", Behavior::kMergedWithNext},
+      {"Contiguous", Behavior::kContiguous},
+  };
+  std::string name;
+  EMBER_TOKENIZER_ASSIGN(name, tj::String(j, path, "behavior"));
+  for (const auto& [known, behavior] : kNames) {
+    if (name == known) return behavior;
+  }
+  return tj::Error(tj::Child(path, "behavior"),
+                   "must be Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous");
+}
+
+absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseMetaspace(const json& j,
+                                                             const std::string& path) {
+  std::string replacement;
+  EMBER_TOKENIZER_ASSIGN(replacement, tj::String(j, path, "replacement", "\xE2\x96\x81"));
+  if (replacement.empty() || utf8::SequenceLength(replacement, 0) != replacement.size()) {
+    return tj::Error(tj::Child(path, "replacement"), "must be one character");
+  }
+  bool add_prefix_space;
+  EMBER_TOKENIZER_ASSIGN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
+  std::string scheme_name;
+  EMBER_TOKENIZER_ASSIGN(
+      scheme_name, tj::String(j, path, "prepend_scheme", add_prefix_space ? "always" : "never"));
+  PrependScheme scheme;
+  if (scheme_name == "always") {
+    scheme = PrependScheme::kAlways;
+  } else if (scheme_name == "first") {
+    scheme = PrependScheme::kFirst;
+  } else if (scheme_name == "never") {
+    scheme = PrependScheme::kNever;
+  } else {
+    return tj::Error(tj::Child(path, "prepend_scheme"), "must be always, first or never");
+  }
+  bool split;
+  EMBER_TOKENIZER_ASSIGN(split, tj::Bool(j, path, "split", true));
+  return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), scheme, split);
+}
+
+}  // namespace
+
+void PreTokenizer::Apply(std::vector<TextPiece>& pieces) const {
+  std::vector<TextPiece> out;
+  out.reserve(pieces.size());
+  for (const TextPiece& piece : pieces) Split(piece, out);
+  std::erase_if(out, [](const TextPiece& p) { return p.text.empty(); });
+  pieces = std::move(out);
+}
+
+absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json& j,
+                                                                     const std::string& path) {
+  std::string type;
+  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  if (type == "Split") {
+    const json* pattern_json;
+    EMBER_TOKENIZER_ASSIGN(pattern_json, tj::Object(j, path, "pattern"));
+    std::optional<TokenizerRegex> pattern;
+    EMBER_TOKENIZER_ASSIGN(pattern,
+                           TokenizerRegex::FromJson(*pattern_json, tj::Child(path, "pattern")));
+    Behavior behavior;
+    EMBER_TOKENIZER_ASSIGN(behavior, ParseBehavior(j, path));
+    bool invert;
+    EMBER_TOKENIZER_ASSIGN(invert, tj::Bool(j, path, "invert", false));
+    return std::make_unique<SplitPreTokenizer>(*std::move(pattern), behavior, invert);
+  }
+  if (type == "ByteLevel") {
+    bool add_prefix_space, use_regex;
+    EMBER_TOKENIZER_ASSIGN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
+    EMBER_TOKENIZER_ASSIGN(use_regex, tj::Bool(j, path, "use_regex", true));
+    std::optional<TokenizerRegex> regex;
+    if (use_regex) {
+      EMBER_TOKENIZER_ASSIGN(regex, TokenizerRegex::FromRegex(kGpt2Pattern, path));
+    }
+    return std::make_unique<ByteLevelPreTokenizer>(add_prefix_space, std::move(regex));
+  }
+  if (type == "Metaspace") return ParseMetaspace(j, path);
+  if (type == "Digits") {
+    bool individual;
+    EMBER_TOKENIZER_ASSIGN(individual, tj::Bool(j, path, "individual_digits", false));
+    return std::make_unique<DigitsPreTokenizer>(individual);
+  }
+  if (type == "Sequence") {
+    const json* list;
+    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "pretokenizers"));
+    std::vector<std::unique_ptr<PreTokenizer>> steps;
+    for (size_t i = 0; i < list->size(); ++i) {
+      std::unique_ptr<PreTokenizer> step;
+      EMBER_TOKENIZER_ASSIGN(
+          step, FromJson((*list)[i], tj::Element(tj::Child(path, "pretokenizers"), i)));
+      steps.push_back(std::move(step));
+    }
+    return std::make_unique<SequencePreTokenizer>(std::move(steps));
+  }
+  return tj::UnsupportedType(path, "pre-tokenizer", type,
+                             "Split, ByteLevel, Metaspace, Digits, Sequence");
+}
+
+}  // namespace ember::worker

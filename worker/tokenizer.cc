@@ -1,0 +1,328 @@
+// Loading tokenizer.json and running Hugging Face's encode pipeline.
+//
+// Supported components (anything else is an Unimplemented error naming it and its path):
+//   normalizer     NFC, NFD, NFKC, NFKD, Prepend, Replace, Sequence
+//   pre_tokenizer  Split (String/Regex, all behaviors, invert), ByteLevel, Metaspace,
+//                  Digits, Sequence
+//   model          BPE (merges as "a b" or [a, b], byte_fallback, unk_token/fuse_unk,
+//                  continuing_subword_prefix, end_of_word_suffix, ignore_merges)
+//   post_processor TemplateProcessing (single), ByteLevel, Sequence
+//   decoder        ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace, Sequence
+#include "worker/tokenizer.h"
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "loader/json_strict.h"
+#include "worker/added_tokens.h"
+#include "worker/bpe.h"
+#include "worker/normalizer.h"
+#include "worker/pretokenizer.h"
+#include "worker/tokenizer_json.h"
+#include "worker/utf8.h"
+
+namespace ember::worker {
+
+namespace tj = tokenizer_json;
+using nlohmann::json;
+
+// The post-processor's template for a single sequence: ids to insert and the place of
+// the sequence itself ($A). Applied in turn when a Sequence holds several.
+struct PostTemplate {
+  struct Item {
+    bool is_sequence = false;
+    std::vector<int32_t> ids;  // the special token's ids when !is_sequence
+  };
+  std::vector<Item> items;
+};
+
+struct Tokenizer::Parts {
+  std::unique_ptr<Normalizer> normalizer;       // null: none
+  std::unique_ptr<PreTokenizer> pre_tokenizer;  // null: none
+  std::unique_ptr<BpeModel> model;
+  std::optional<TokenDecoder> decoder;
+  std::vector<PostTemplate> post;  // applied in order with add_special_tokens
+  AddedVocabulary added;
+  absl::flat_hash_map<std::string, int32_t> added_ids;  // content -> id
+  // id -> the string decode gives the decoder: the content, or for a normalized token the
+  // normalized content (which the decoder inverts), as tokenizers 0.23 does.
+  absl::flat_hash_map<int32_t, std::string> added_tokens;
+  absl::flat_hash_set<int32_t> special_ids;  // left out by skip_special_tokens
+  int32_t vocab_size = 0;
+  std::optional<int32_t> bos_id, eos_id;
+  std::string bos_token, eos_token, chat_template;
+};
+
+namespace {
+
+absl::Status ParsePostProcessor(const json& j, const std::string& path,
+                                std::vector<PostTemplate>& post) {
+  if (j.is_null()) return absl::OkStatus();
+  std::string type;
+  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  if (type == "ByteLevel") return absl::OkStatus();  // offsets only: no tokens added
+  if (type == "Sequence") {
+    const json* list;
+    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "processors"));
+    for (size_t i = 0; i < list->size(); ++i) {
+      absl::Status s =
+          ParsePostProcessor((*list)[i], tj::Element(tj::Child(path, "processors"), i), post);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  if (type != "TemplateProcessing") {
+    return tj::UnsupportedType(path, "post-processor", type,
+                               "TemplateProcessing, ByteLevel, Sequence");
+  }
+  const json* single;
+  EMBER_TOKENIZER_ASSIGN(single, tj::Array(j, path, "single"));
+  const json* specials;
+  EMBER_TOKENIZER_ASSIGN(specials, tj::Object(j, path, "special_tokens"));
+  PostTemplate t;
+  for (size_t i = 0; i < single->size(); ++i) {
+    const json& item = (*single)[i];
+    const std::string item_path = tj::Element(tj::Child(path, "single"), i);
+    PostTemplate::Item out;
+    if (item.contains("Sequence")) {
+      std::string id;
+      EMBER_TOKENIZER_ASSIGN(id,
+                             tj::String(item["Sequence"], tj::Child(item_path, "Sequence"), "id"));
+      if (id != "A") return tj::Error(item_path, "a single-sequence template can only hold $A");
+      out.is_sequence = true;
+    } else if (item.contains("SpecialToken")) {
+      std::string name;
+      EMBER_TOKENIZER_ASSIGN(
+          name, tj::String(item["SpecialToken"], tj::Child(item_path, "SpecialToken"), "id"));
+      auto it = specials->find(name);
+      if (it == specials->end() || !it->contains("ids") || !(*it)["ids"].is_array()) {
+        return tj::Error(tj::Child(path, "special_tokens"),
+                         absl::StrCat("has no ids for \"", name, "\""));
+      }
+      for (const json& id : (*it)["ids"]) {
+        if (!id.is_number_unsigned() || id.get<uint64_t>() >= (uint64_t{1} << 31)) {
+          return tj::Error(tj::Child(tj::Child(path, "special_tokens"), name),
+                           "ids must be integers in [0, 2^31)");
+        }
+        out.ids.push_back(id.get<int32_t>());
+      }
+    } else {
+      return tj::Error(item_path, "must be {\"Sequence\": ...} or {\"SpecialToken\": ...}");
+    }
+    t.items.push_back(std::move(out));
+  }
+  post.push_back(std::move(t));
+  return absl::OkStatus();
+}
+
+absl::Status ParseAddedTokens(const json& root, Tokenizer::Parts& parts) {
+  if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return absl::OkStatus();
+  const json* list;
+  EMBER_TOKENIZER_ASSIGN(list, tj::Array(root, "", "added_tokens"));
+  absl::flat_hash_set<std::string> special_contents;
+  for (size_t i = 0; i < list->size(); ++i) {
+    const json& j = (*list)[i];
+    const std::string path = tj::Element("added_tokens", i);
+    AddedToken t;
+    int64_t id;
+    EMBER_TOKENIZER_ASSIGN(id, tj::Int(j, path, "id"));
+    if (id < 0 || id >= (int64_t{1} << 31))
+      return tj::Error(tj::Child(path, "id"), "is out of range");
+    t.id = static_cast<int32_t>(id);
+    EMBER_TOKENIZER_ASSIGN(t.content, tj::String(j, path, "content"));
+    EMBER_TOKENIZER_ASSIGN(t.single_word, tj::Bool(j, path, "single_word", false));
+    EMBER_TOKENIZER_ASSIGN(t.lstrip, tj::Bool(j, path, "lstrip", false));
+    EMBER_TOKENIZER_ASSIGN(t.rstrip, tj::Bool(j, path, "rstrip", false));
+    EMBER_TOKENIZER_ASSIGN(t.special, tj::Bool(j, path, "special", false));
+    EMBER_TOKENIZER_ASSIGN(t.normalized, tj::Bool(j, path, "normalized", !t.special));
+    if (t.content.empty()) continue;
+    std::string normalized = t.content;
+    if (t.normalized && parts.normalizer) parts.normalizer->Apply(normalized);
+    parts.added.Add(t, normalized);
+    parts.added_ids[t.content] = t.id;
+    parts.added_tokens[t.id] = normalized;
+    if (t.special) special_contents.insert(t.content);
+    parts.vocab_size = std::max(parts.vocab_size, t.id + 1);
+  }
+  // As in tokenizers, skip_special_tokens looks the decoded string up among the special
+  // tokens' contents (so a special token whose normalized form differs is kept).
+  for (const auto& [id, token] : parts.added_tokens) {
+    if (special_contents.contains(token)) parts.special_ids.insert(id);
+  }
+  return absl::OkStatus();
+}
+
+// A token named in tokenizer_config.json: a string or {"content": ...}.
+std::string ConfigToken(const json& config, const char* field) {
+  auto it = config.find(field);
+  if (it == config.end()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
+    return (*it)["content"].get<std::string>();
+  }
+  return "";
+}
+
+absl::Status ParseConfig(absl::string_view text, Tokenizer::Parts& parts) {
+  if (text.empty()) return absl::OkStatus();
+  auto config = loader::ParseJsonStrict(text, "tokenizer_config.json");
+  if (!config.ok()) return config.status();
+  if (!config->is_object())
+    return absl::InvalidArgumentError("tokenizer_config.json: must be an object");
+  parts.bos_token = ConfigToken(*config, "bos_token");
+  parts.eos_token = ConfigToken(*config, "eos_token");
+  auto it = config->find("chat_template");
+  if (it != config->end() && it->is_string()) {
+    parts.chat_template = it->get<std::string>();
+  } else if (it != config->end() && it->is_array()) {
+    for (const json& named : *it) {  // [{"name": "default", "template": ...}, ...]
+      if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
+          named["template"].is_string()) {
+        parts.chat_template = named["template"].get<std::string>();
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Tokenizer> Tokenizer::Load(absl::string_view tokenizer_json,
+                                          absl::string_view tokenizer_config_json) {
+  auto root = loader::ParseJsonStrict(tokenizer_json, "tokenizer.json");
+  if (!root.ok()) return root.status();
+  if (!root->is_object()) return tj::Error("(root)", "must be an object");
+  auto parts = std::make_shared<Parts>();
+  const json null;
+  auto field = [&](const char* name) -> const json& {
+    auto it = root->find(name);
+    return it == root->end() ? null : *it;
+  };
+  if (!field("normalizer").is_null()) {
+    EMBER_TOKENIZER_ASSIGN(parts->normalizer,
+                           Normalizer::FromJson(field("normalizer"), "normalizer"));
+  }
+  if (!field("pre_tokenizer").is_null()) {
+    EMBER_TOKENIZER_ASSIGN(parts->pre_tokenizer,
+                           PreTokenizer::FromJson(field("pre_tokenizer"), "pre_tokenizer"));
+  }
+  if (field("model").is_null()) return tj::Error("model", "is missing");
+  EMBER_TOKENIZER_ASSIGN(parts->model, BpeModel::FromJson(field("model"), "model"));
+  parts->vocab_size = parts->model->id_end();
+  EMBER_TOKENIZER_ASSIGN(parts->decoder, TokenDecoder::FromJson(field("decoder"), "decoder"));
+  if (absl::Status s = ParsePostProcessor(field("post_processor"), "post_processor", parts->post);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ParseAddedTokens(*root, *parts); !s.ok()) return s;
+  if (absl::Status s = ParseConfig(tokenizer_config_json, *parts); !s.ok()) return s;
+
+  Tokenizer tokenizer(parts);
+  if (!parts->bos_token.empty()) {
+    parts->bos_id = tokenizer.TokenToId(parts->bos_token);
+  } else if (!parts->post.empty() && !parts->post[0].items.empty() &&
+             !parts->post[0].items[0].is_sequence && parts->post[0].items[0].ids.size() == 1) {
+    parts->bos_id = parts->post[0].items[0].ids[0];
+    if (auto token = tokenizer.IdToToken(*parts->bos_id)) parts->bos_token = std::string(*token);
+  }
+  if (!parts->eos_token.empty()) parts->eos_id = tokenizer.TokenToId(parts->eos_token);
+  return tokenizer;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text,
+                                                       bool add_special_tokens) const {
+  if (auto bad = utf8::FindInvalid(text)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "text is not valid UTF-8: bad byte 0x",
+        absl::Hex(static_cast<uint8_t>(text[*bad]), absl::kZeroPad2), " at byte offset ", *bad));
+  }
+  const Parts& p = *parts_;
+  std::vector<int32_t> ids;
+  std::vector<TextPiece> words;
+  // Added tokens in the raw text first, then in each remaining run once normalized.
+  for (TextSegment& raw : p.added.Split(text, /*normalized=*/false, /*at_input_start=*/true)) {
+    if (raw.token_id) {
+      ids.push_back(*raw.token_id);
+      continue;
+    }
+    if (p.normalizer) p.normalizer->Apply(raw.text);
+    for (TextSegment& run : p.added.Split(raw.text, /*normalized=*/true, raw.at_input_start)) {
+      if (run.token_id) {
+        ids.push_back(*run.token_id);
+        continue;
+      }
+      words.clear();
+      words.push_back({std::move(run.text), run.at_input_start});
+      if (p.pre_tokenizer) p.pre_tokenizer->Apply(words);
+      for (const TextPiece& word : words) p.model->Encode(word.text, ids);
+    }
+  }
+  if (add_special_tokens) {
+    for (const PostTemplate& t : p.post) {
+      std::vector<int32_t> wrapped;
+      for (const PostTemplate::Item& item : t.items) {
+        const std::vector<int32_t>& part = item.is_sequence ? ids : item.ids;
+        wrapped.insert(wrapped.end(), part.begin(), part.end());
+      }
+      ids = std::move(wrapped);
+    }
+  }
+  return ids;
+}
+
+std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const {
+  TokenStreamDecoder stream(*this, skip_special_tokens);
+  std::string text;
+  for (int32_t id : ids) text += stream.Push(id);
+  text += stream.Finish();
+  return text;
+}
+
+std::optional<int32_t> Tokenizer::TokenToId(absl::string_view token) const {
+  if (auto it = parts_->added_ids.find(token); it != parts_->added_ids.end()) return it->second;
+  return parts_->model->TokenToId(token);
+}
+
+std::optional<absl::string_view> Tokenizer::IdToToken(int32_t id) const {
+  if (auto it = parts_->added_tokens.find(id); it != parts_->added_tokens.end()) return it->second;
+  if (const std::string* token = parts_->model->IdToToken(id)) return *token;
+  return std::nullopt;
+}
+
+bool Tokenizer::IsSpecial(int32_t id) const { return parts_->special_ids.contains(id); }
+
+const std::string* Tokenizer::TokenForDecode(int32_t id, bool skip_special_tokens) const {
+  if (auto it = parts_->added_tokens.find(id); it != parts_->added_tokens.end()) {
+    return skip_special_tokens && IsSpecial(id) ? nullptr : &it->second;
+  }
+  return parts_->model->IdToToken(id);
+}
+
+int32_t Tokenizer::vocab_size() const { return parts_->vocab_size; }
+std::optional<int32_t> Tokenizer::bos_id() const { return parts_->bos_id; }
+std::optional<int32_t> Tokenizer::eos_id() const { return parts_->eos_id; }
+const std::string& Tokenizer::bos_token() const { return parts_->bos_token; }
+const std::string& Tokenizer::eos_token() const { return parts_->eos_token; }
+const std::string& Tokenizer::chat_template() const { return parts_->chat_template; }
+
+TokenStreamDecoder::TokenStreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
+    : tokenizer_(tokenizer),
+      skip_special_tokens_(skip_special_tokens),
+      stream_(tokenizer.parts_->decoder->NewStream()) {}
+
+std::string TokenStreamDecoder::Push(int32_t id) {
+  std::string text;
+  if (const std::string* token = tokenizer_.TokenForDecode(id, skip_special_tokens_)) {
+    stream_.Push(*token, text);
+  }
+  return text;
+}
+
+std::string TokenStreamDecoder::Finish() {
+  std::string text;
+  stream_.Finish(text);
+  return text;
+}
+
+}  // namespace ember::worker

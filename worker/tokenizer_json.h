@@ -1,0 +1,50 @@
+// Reading tokenizer.json's components: typed field access whose errors name the file and
+// the JSON path ("tokenizer.json: pre_tokenizer.pretokenizers[1].behavior: ...").
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
+
+namespace ember::worker::tokenizer_json {
+
+using nlohmann::json;
+
+// An InvalidArgument error: "tokenizer.json: <path>: <problem>".
+absl::Status Error(absl::string_view path, absl::string_view problem);
+
+// An Unimplemented error for a component "type" this tokenizer does not support.
+absl::Status UnsupportedType(absl::string_view path, absl::string_view kind, absl::string_view type,
+                             absl::string_view supported);
+
+std::string Child(absl::string_view path, absl::string_view field);
+std::string Element(absl::string_view path, size_t index);
+
+// The object's "type" field.
+absl::StatusOr<std::string> Type(const json& j, absl::string_view path);
+
+// Fields; `fallback` is used when the field is absent or null (nullopt: required).
+absl::StatusOr<std::string> String(const json& j, absl::string_view path, const char* field,
+                                   std::optional<std::string> fallback = std::nullopt);
+absl::StatusOr<bool> Bool(const json& j, absl::string_view path, const char* field,
+                          std::optional<bool> fallback = std::nullopt);
+absl::StatusOr<int64_t> Int(const json& j, absl::string_view path, const char* field,
+                            std::optional<int64_t> fallback = std::nullopt);
+// A required field holding an array (or, with `object`, an object).
+absl::StatusOr<const json*> Array(const json& j, absl::string_view path, const char* field);
+absl::StatusOr<const json*> Object(const json& j, absl::string_view path, const char* field);
+
+}  // namespace ember::worker::tokenizer_json
+
+// Evaluates a StatusOr expression, returns its error, else assigns its value to `lhs`.
+#define EMBER_TOKENIZER_ASSIGN(lhs, expr)     \
+  do {                                        \
+    auto _value = (expr);                     \
+    if (!_value.ok()) return _value.status(); \
+    lhs = *std::move(_value);                 \
+  } while (0)

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,12 +26,13 @@
 #include "worker/model_config.h"
 #include "worker/model_weights.h"
 #include "worker/npy.h"
+#include "worker/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "Model source: s3://BUCKET/PREFIX, https://..., file://PATH or a path");
 ABSL_FLAG(std::string, prompt_ids, "",
           "Prompt token ids, comma-separated (\"1,2,3\"); several prompts separated by ';' "
           "run together in one batch");
-ABSL_FLAG(std::string, prompt, "", "Prompt text (needs the tokenizer, which is not built yet)");
+ABSL_FLAG(std::string, prompt, "", "Prompt text, tokenized with the model's tokenizer.json (instead of --prompt-ids)");
 ABSL_FLAG(int, max_tokens, 32, "Tokens to generate per prompt");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature; 0 is greedy");
 ABSL_FLAG(int, top_k, 0, "Keep the k most likely tokens (0: off)");
@@ -53,7 +55,7 @@ ABSL_FLAG(bool, quiet, false, "No progress bar and no log lines below warnings")
 namespace {
 
 constexpr char kUsage[] =
-    "ember-generate --model SOURCE --prompt-ids 1,2,3 [--max-tokens N] [flags]\n\n"
+    "ember-generate --model SOURCE (--prompt-ids 1,2,3 | --prompt TEXT) [--max-tokens N] [flags]\n\n"
     "Loads a Llama, Mistral or Qwen2 model (config.json + safetensors) through Ember's\n"
     "loader, generates with Ember's engine and prints the token ids and tokens/s.\n"
     "Flags may be spelled with dashes or underscores.\n\n"
@@ -122,14 +124,18 @@ int main(int argc, char** argv) {
   const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 1) return Usage("unexpected positional argument");
-  if (!absl::GetFlag(FLAGS_prompt).empty()) {
-    return Usage("--prompt needs the tokenizer, which this build does not have yet; pass --prompt-ids");
+  const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
+  if (!prompt_text.empty() && !absl::GetFlag(FLAGS_prompt_ids).empty()) {
+    return Usage("pass --prompt or --prompt-ids, not both");
   }
   const std::string source = absl::GetFlag(FLAGS_model);
   if (source.empty()) return Usage("--model is required");
   std::vector<std::vector<int32_t>> prompts;
   std::string error;
-  if (!ParsePrompts(absl::GetFlag(FLAGS_prompt_ids), &prompts, &error)) return Usage(error);
+  if (prompt_text.empty() && !ParsePrompts(absl::GetFlag(FLAGS_prompt_ids), &prompts, &error)) {
+    return Usage(error);
+  }
+  if (!prompt_text.empty()) prompts.emplace_back();  // filled once the tokenizer is loaded
   const int batch = absl::GetFlag(FLAGS_batch);
   if (batch < 1) return Usage("--batch must be at least 1");
   if (batch > 1) {
@@ -160,7 +166,7 @@ int main(int argc, char** argv) {
   const double t_start = Now();
   ember::loader::LoadOptions load;
   load.target = (*backend)->is_device() ? ember::loader::Target::kDevice : ember::loader::Target::kHost;
-  load.require_tokenizer = false;  // generation from token ids needs no tokenizer
+  load.require_tokenizer = !prompt_text.empty();  // token ids alone need no tokenizer
   ember::loader::ProgressBar bar("load");
   if (!quiet) {
     load.on_progress = [&](const ember::loader::LoadProgress& p) {
@@ -177,6 +183,21 @@ int main(int argc, char** argv) {
   auto config = ember::worker::ParseModelConfig(config_file->second);
   if (!config.ok()) return Fail(absl::Status(config.status().code(),
                                              absl::StrCat(source, ": ", config.status().message())));
+  std::optional<ember::worker::Tokenizer> tokenizer;
+  if (model->files.count("tokenizer.json") > 0) {
+    auto config_it = model->files.find("tokenizer_config.json");
+    auto loaded = ember::worker::Tokenizer::Load(
+        model->files.at("tokenizer.json"),
+        config_it == model->files.end() ? "" : config_it->second);
+    if (!loaded.ok()) return Fail(loaded.status());
+    tokenizer = std::move(*loaded);
+  }
+  if (!prompt_text.empty()) {
+    auto ids = tokenizer->Encode(prompt_text, /*add_special_tokens=*/true);
+    if (!ids.ok()) return Fail(ids.status());
+    if (ids->empty()) return Usage("--prompt encodes to no tokens");
+    for (auto& p : prompts) p = *ids;
+  }
   auto weights = ember::worker::BindWeights(*config, model->weights, **backend);
   if (!weights.ok()) return Fail(absl::Status(weights.status().code(),
                                               absl::StrCat(source, ": ", weights.status().message())));
@@ -246,7 +267,8 @@ int main(int argc, char** argv) {
       if (want_logits) g.logits.push_back(std::move(o.logits));
       ++generated;
       const auto& eos = config->eos_token_ids;
-      const bool is_eos = std::find(eos.begin(), eos.end(), o.token) != eos.end();
+      const bool is_eos = std::find(eos.begin(), eos.end(), o.token) != eos.end() ||
+                          (tokenizer && tokenizer->eos_id() == o.token);
       if (static_cast<int>(g.output.size()) >= max_tokens || (is_eos && !ignore_eos)) {
         g.done = true;
         (*engine)->RemoveSequence(o.sequence);
@@ -287,6 +309,10 @@ int main(int argc, char** argv) {
     out["backend"] = std::string((*backend)->name());
     out["outputs"] = nlohmann::json::array();
     for (const auto& g : gens) out["outputs"].push_back(g.output);
+    if (tokenizer) {
+      out["texts"] = nlohmann::json::array();
+      for (const auto& g : gens) out["texts"].push_back(tokenizer->Decode(g.output, true));
+    }
     out["prompt_tokens"] = prompt_tokens;
     out["generated_tokens"] = generated;
     out["steps"] = steps;
@@ -301,6 +327,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < gens.size(); ++i) {
       if (gens.size() > 1) std::cout << "[" << i << "] ";
       std::cout << absl::StrJoin(gens[i].output, ",") << "\n";
+      if (tokenizer) std::cout << tokenizer->Decode(gens[i].output, true) << "\n";
     }
     std::cout << absl::StrFormat(
         "backend %s: loaded and ready in %.2f s; prompt %d tokens, first token after %.1f ms; "

@@ -1,0 +1,194 @@
+// Device helpers shared by the kernels: element conversion to and from float, 16-byte vector
+// loads, and warp / block reductions. Included by the .cu files only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/ops.h"
+
+namespace ember::kernels {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- launch helpers (host) ---------------------------------------------------------------
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}) with the C++ type of `type`: float, __half or __nv_bfloat16.
+template <typename F>
+cudaError_t DispatchElementType(ElementType type, F&& f) {
+  switch (type) {
+    case ElementType::kF32:
+      return f(TypeTag<float>{});
+    case ElementType::kF16:
+      return f(TypeTag<__half>{});
+    case ElementType::kBF16:
+      return f(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Blocks for a grid-stride loop over `count` items: enough to fill the GPU, capped because
+// each thread loops.
+inline unsigned GridStrideBlocks(int64_t count, int threads) {
+  return static_cast<unsigned>(std::clamp<int64_t>((count + threads - 1) / threads, 1, 1 << 16));
+}
+
+__device__ __forceinline__ int64_t GlobalThreadIndex() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t GlobalThreadCount() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// ---- element conversion ------------------------------------------------------------------
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+
+// Round to nearest even, bit-exact with FloatToBf16 / FloatToF16 in kernels/types.h.
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// Elements of T in one 16-byte load: 8 for BF16 / F16, 4 for F32.
+template <typename T>
+constexpr int kVectorElems = 16 / sizeof(T);
+
+// One 16-byte load at p (16-byte aligned) converted to float. The 16-bit types are unpacked
+// by bit manipulation from the loaded words: element 2i is the low half of word i.
+__device__ __forceinline__ void LoadVector(const __nv_bfloat16* p, float (&out)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+  }
+}
+
+__device__ __forceinline__ void LoadVector(const __half* p, float (&out)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] & 0xffffu)));
+    out[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] >> 16)));
+  }
+}
+
+__device__ __forceinline__ void LoadVector(const float* p, float (&out)[4]) {
+  const float4 raw = *reinterpret_cast<const float4*>(p);
+  out[0] = raw.x;
+  out[1] = raw.y;
+  out[2] = raw.z;
+  out[3] = raw.w;
+}
+
+// Eight consecutive elements at p (16-byte aligned) as float: one load for 16-bit types,
+// two for F32.
+template <typename T>
+__device__ __forceinline__ void Load8(const T* p, float (&out)[8]) {
+  if constexpr (kVectorElems<T> == 8) {
+    LoadVector(p, out);
+  } else {
+    float a[4], b[4];
+    LoadVector(p, a);
+    LoadVector(p + 4, b);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[i] = a[i];
+      out[i + 4] = b[i];
+    }
+  }
+}
+
+// ---- reductions and scans ---------------------------------------------------------------
+// Butterfly (xor) reductions: every lane ends with the result, and the order of operations
+// is fixed, so float sums are the same from run to run.
+
+struct SumOp {
+  using Value = float;
+  static constexpr float kIdentity = 0.0f;
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+  using Value = float;
+  static constexpr float kIdentity = -__builtin_huge_valf();
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ typename Op::Value WarpReduce(typename Op::Value v, Op op) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+__device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp{}); }
+__device__ __forceinline__ float WarpMax(float v) { return WarpReduce(v, MaxOp{}); }
+
+// Reduction over the whole block, returned to every thread. Every thread must call it;
+// blockDim.x a multiple of 32; scratch holds 32 values and may be reused once it returns.
+template <typename Op>
+__device__ typename Op::Value BlockReduce(typename Op::Value v, Op op,
+                                          typename Op::Value* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = WarpReduce(v, op);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : Op::kIdentity;
+  v = WarpReduce(v, op);
+  __syncthreads();
+  return v;
+}
+
+// Inclusive prefix sum over the block in thread order; *total gets the block's sum. Same
+// calling rules as BlockReduce.
+template <typename T>
+__device__ T BlockInclusiveScan(T v, T* scratch, T* total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = static_cast<int>(blockDim.x / 32);
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const T up = __shfl_up_sync(kFullMask, v, offset);
+    if (lane >= offset) v += up;
+  }
+  if (lane == 31) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {  // scan of the warp totals
+    T w = lane < warps ? scratch[lane] : T{};
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const T up = __shfl_up_sync(kFullMask, w, offset);
+      if (lane >= offset) w += up;
+    }
+    if (lane < warps) scratch[lane] = w;
+  }
+  __syncthreads();
+  if (warp > 0) v += scratch[warp - 1];
+  *total = scratch[warps - 1];
+  __syncthreads();
+  return v;
+}
+
+}  // namespace ember::kernels

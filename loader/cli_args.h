@@ -1,14 +1,23 @@
-// Command-line spelling shared by Ember's CLIs: flags may be written with dashes or
-// underscores (--max-tokens or --max_tokens); Abseil only knows the underscore names.
+// Command-line handling shared by Ember's CLIs: usage text, --help limited to the
+// program's own flags, and flags written with dashes or underscores (--max-tokens or
+// --max_tokens; Abseil only knows the underscore names).
 #pragma once
 
 #include <string>
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 namespace ember {
 
 // Rewrites "--foo-bar[=v]" to "--foo_bar[=v]" in place (up to "--", after which
 // everything is positional). Returns storage that must outlive argv's use.
 std::vector<std::string> NormalizeFlagSpelling(int argc, char** argv);
+
+// Sets the usage message, shows only flags defined in files whose path contains
+// `flags_file` under --help, normalizes the spelling and parses. Returns the positional
+// arguments, argv[0] first.
+std::vector<std::string> ParseCli(int argc, char** argv, const char* usage,
+                                  absl::string_view flags_file);
 
 }  // namespace ember

@@ -6,9 +6,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/str_format.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
@@ -38,20 +35,10 @@ constexpr char kUsage[] =
     "(or AWS_DEFAULT_REGION), AWS_ENDPOINT_URL (path-style), HF_TOKEN.\n\n"
     "Exit status: 0 after a complete, verified load; 1 when the load failed; 2 for bad usage.";
 
-bool IsOurFlagFile(absl::string_view file) {
-  return file.find("ember_pull_main") != absl::string_view::npos;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  absl::FlagsUsageConfig config;
-  config.contains_help_flags = IsOurFlagFile;
-  config.contains_helpshort_flags = IsOurFlagFile;
-  absl::SetFlagsUsageConfig(config);
-  const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const std::vector<std::string> args = ember::ParseCli(argc, argv, kUsage, "ember_pull_main");
   if (args.size() != 2) {
     std::fprintf(stderr, "ember-pull: expected one SOURCE, got %zu (see --help)\n", args.size() - 1);
     return 2;

@@ -9,9 +9,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -60,10 +57,6 @@ constexpr char kUsage[] =
     "loader, generates with Ember's engine and prints the token ids and tokens/s.\n"
     "Flags may be spelled with dashes or underscores.\n\n"
     "Exit status: 0 on success; 1 when loading or generating failed; 2 for bad usage.";
-
-bool IsOurFlagFile(absl::string_view file) {
-  return file.find("ember_generate_main") != absl::string_view::npos;
-}
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -116,13 +109,7 @@ struct Generation {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = IsOurFlagFile;
-  usage.contains_helpshort_flags = IsOurFlagFile;
-  absl::SetFlagsUsageConfig(usage);
-  const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const std::vector<std::string> args = ember::ParseCli(argc, argv, kUsage, "ember_generate_main");
   if (args.size() != 1) return Usage("unexpected positional argument");
   const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
   if (!prompt_text.empty() && !absl::GetFlag(FLAGS_prompt_ids).empty()) {

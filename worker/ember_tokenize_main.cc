@@ -9,9 +9,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "loader/cli_args.h"
 #include "nlohmann/json.hpp"
 #include "worker/chat_template.h"
@@ -41,10 +38,6 @@ constexpr char kUsage[] =
     "streaming decoder, one per id, then the end), {\"text\": ..., \"ids\": [...]} for --chat;\n"
     "a failed line gives {\"error\": ...}.\n\n"
     "Exit status: 0 on success; 1 when loading or a request failed; 2 for bad usage.";
-
-bool IsOurFlagFile(absl::string_view file) {
-  return file.find("ember_tokenize_main") != absl::string_view::npos;
-}
 
 bool ReadFile(const std::string& path, std::string& out) {
   std::ifstream in(path, std::ios::binary);
@@ -108,13 +101,8 @@ json Answer(const Tokenizer& tokenizer, const json& request, Mode mode) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = IsOurFlagFile;
-  usage.contains_helpshort_flags = IsOurFlagFile;
-  absl::SetFlagsUsageConfig(usage);
-  const auto spelled = ember::NormalizeFlagSpelling(argc, argv);
-  if (absl::ParseCommandLine(argc, argv).size() != 1) {
+  const std::vector<std::string> args = ember::ParseCli(argc, argv, kUsage, "ember_tokenize_main");
+  if (args.size() != 1) {
     std::fprintf(stderr, "ember-tokenize: unexpected positional argument (see --help)\n");
     return 2;
   }

@@ -1,50 +1,93 @@
 // CPU linear layer y = x · Wᵀ (+ bias) over BF16/F16/F32 weights with FP32 accumulation.
 // Decode is bound by reading the weights, so each weight row is read from memory once
-// per step: a block of rows is converted to F32 into a per-thread buffer that stays in
-// cache, then used for every token of the step.
-#include <algorithm>
+// per step and converted in registers, four tokens sharing every load.
 #include <cstring>
-#include <vector>
 
 #include "kernels/cpu/ops.h"
 
 namespace ember::kernels::cpu {
 namespace {
 
-constexpr int kRowBlock = 8;      // weight rows converted together (fits L2 for cols <= 16k)
-constexpr int kTokenTile = 64;    // tokens per pass over a row block (prefill)
+constexpr int kTokenTile = 4;  // tokens sharing each weight load (four FMA chains)
 
-// 32 independent accumulators: the loop vectorizes into two (AVX-512) or four (AVX2)
-// FMA chains without reassociating one sum.
-EMBER_CPU_CLONES
-float Dot(const float* a, const float* b, int64_t n) {
-  float acc[32] = {};
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    for (int l = 0; l < 32; ++l) acc[l] += a[i + l] * b[i + l];
+// GCC vector extensions: 16 floats per vector, one zmm (AVX-512) or two ymm (AVX2); the
+// compiler picks the instructions for each target clone.
+// (-Wpsabi: these helpers are always inlined into the target clones, never called across
+// an ABI boundary.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float V16f __attribute__((vector_size(64)));
+typedef uint16_t V16u16 __attribute__((vector_size(32)));
+typedef uint32_t V16u32 __attribute__((vector_size(64)));
+typedef _Float16 V16f16 __attribute__((vector_size(32)));
+
+template <ScalarType T>
+__attribute__((always_inline)) inline V16f Load16(const void* base, int64_t i) {
+  V16f out;
+  if constexpr (T == ScalarType::kF32) {
+    std::memcpy(&out, static_cast<const float*>(base) + i, 64);
+  } else if constexpr (T == ScalarType::kBF16) {
+    V16u16 h;
+    std::memcpy(&h, static_cast<const uint16_t*>(base) + i, 32);
+    const V16u32 bits = __builtin_convertvector(h, V16u32) << 16;
+    std::memcpy(&out, &bits, 64);
+  } else {
+    V16f16 h;
+    std::memcpy(&h, static_cast<const _Float16*>(base) + i, 32);
+    out = __builtin_convertvector(h, V16f);
   }
-  float sum = 0;
-  for (int l = 0; l < 32; ++l) sum += acc[l];
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+  return out;
 }
 
-// Four tokens against one weight row: each weight vector is loaded once for four FMA
-// chains, which is what makes a batched decode step cost little more than batch 1.
-EMBER_CPU_CLONES
-void Dot4(const float* x, int64_t stride, const float* w, int64_t n, float* out) {
-  float acc[4][16] = {};
+template <ScalarType T>
+__attribute__((always_inline)) inline float LoadOne(const void* base, int64_t i) {
+  if constexpr (T == ScalarType::kF32) return static_cast<const float*>(base)[i];
+  if constexpr (T == ScalarType::kBF16) return Bf16ToFloat(static_cast<const uint16_t*>(base)[i]);
+  return static_cast<float>(static_cast<const _Float16*>(base)[i]);
+}
+
+// out[t] = x[t] · w for NT tokens (rows of x `stride` apart) against one weight row of
+// `n` elements: the row is read from memory once, converted in registers, and used for
+// every token. FP32 accumulation in 16-lane vectors.
+template <ScalarType T, int NT>
+__attribute__((always_inline)) inline void RowDots(const float* x, int64_t stride, const void* w, int64_t n, float* out) {
+  V16f acc[NT] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    for (int t = 0; t < 4; ++t) {
-      for (int l = 0; l < 16; ++l) acc[t][l] += x[t * stride + i + l] * w[i + l];
+    const V16f wv = Load16<T>(w, i);
+    for (int t = 0; t < NT; ++t) {
+      V16f xv;
+      std::memcpy(&xv, x + t * stride + i, 64);
+      acc[t] += xv * wv;
     }
   }
-  for (int t = 0; t < 4; ++t) {
+  for (int t = 0; t < NT; ++t) {
     float sum = 0;
     for (int l = 0; l < 16; ++l) sum += acc[t][l];
-    for (int64_t j = i; j < n; ++j) sum += x[t * stride + j] * w[j];
+    for (int64_t j = i; j < n; ++j) sum += x[t * stride + j] * LoadOne<T>(w, j);
     out[t] = sum;
+  }
+}
+
+template <ScalarType T>
+EMBER_CPU_CLONES void LinearTyped(const float* x, int n, const Matrix& w, const float* bias,
+                                  float* y) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const size_t row_bytes = static_cast<size_t>(cols) * ScalarBytes(T);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const void* wrow = static_cast<const uint8_t*>(w.data) + r * row_bytes;
+    const float add = bias != nullptr ? bias[r] : 0.0f;
+    float out[kTokenTile];
+    int t = 0;
+    for (; t + kTokenTile <= n; t += kTokenTile) {
+      RowDots<T, kTokenTile>(x + t * cols, cols, wrow, cols, out);
+      for (int j = 0; j < kTokenTile; ++j) y[(t + j) * rows + r] = out[j] + add;
+    }
+    const int left = n - t;
+    if (left == 3) RowDots<T, 3>(x + t * cols, cols, wrow, cols, out);
+    if (left == 2) RowDots<T, 2>(x + t * cols, cols, wrow, cols, out);
+    if (left == 1) RowDots<T, 1>(x + t * cols, cols, wrow, cols, out);
+    for (int j = 0; j < left; ++j) y[(t + j) * rows + r] = out[j] + add;
   }
 }
 
@@ -78,39 +121,10 @@ void RowToF32(const void* src, ScalarType type, int64_t count, float* dst) {
 }
 
 void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) {
-  const int64_t rows = w.rows, cols = w.cols;
-  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  const size_t row_bytes = static_cast<size_t>(cols) * ScalarBytes(w.type);
-#pragma omp parallel
-  {
-    std::vector<float> converted(w.type == ScalarType::kF32 ? 0 : kRowBlock * cols);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * kRowBlock;
-      const int64_t r1 = std::min(rows, r0 + kRowBlock);
-      const float* block;  // [r1 - r0, cols]
-      if (w.type == ScalarType::kF32) {
-        block = static_cast<const float*>(w.data) + r0 * cols;
-      } else {
-        const auto* src = static_cast<const uint8_t*>(w.data) + r0 * row_bytes;
-        RowToF32(src, w.type, (r1 - r0) * cols, converted.data());
-        block = converted.data();
-      }
-      for (int t0 = 0; t0 < n; t0 += kTokenTile) {
-        const int t1 = std::min(n, t0 + kTokenTile);
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* wrow = block + (r - r0) * cols;
-          const float add = bias != nullptr ? bias[r] : 0.0f;
-          int t = t0;
-          for (; t + 4 <= t1; t += 4) {
-            float out[4];
-            Dot4(x + t * cols, cols, wrow, cols, out);
-            for (int j = 0; j < 4; ++j) y[(t + j) * rows + r] = out[j] + add;
-          }
-          for (; t < t1; ++t) y[t * rows + r] = Dot(x + t * cols, wrow, cols) + add;
-        }
-      }
-    }
+  switch (w.type) {
+    case ScalarType::kF32: return LinearTyped<ScalarType::kF32>(x, n, w, bias, y);
+    case ScalarType::kBF16: return LinearTyped<ScalarType::kBF16>(x, n, w, bias, y);
+    case ScalarType::kF16: return LinearTyped<ScalarType::kF16>(x, n, w, bias, y);
   }
 }
 

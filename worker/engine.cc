@@ -51,6 +51,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
     const char* what;
   };
   const int max_blocks_per_seq = (max_context + options.block_size - 1) / options.block_size;
+  // The largest step's metadata: 4 ints per token, a full block table per sequence and an
+  // output row per sequence (see Step).
   const int64_t meta_ints = 4ll * T + static_cast<int64_t>(S) * max_blocks_per_seq + S;
   const Want wants[] = {
       {&ws.residual, T * H * 4, "the residual stream"},
@@ -62,7 +64,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
       {&ws.attn, 4ull * T * config.q_width(), "attention outputs"},
       {&ws.gate, T * I * 4, "MLP gate"},
       {&ws.up, T * I * 4, "MLP up"},
-      {&ws.final_rows, S * H * 4, "final hidden rows"},
       {&ws.logits, 4ull * S * config.vocab_size, "logits"},
       {&ws.meta, static_cast<uint64_t>(meta_ints) * 4, "step metadata"},
       {&ws.sampling, S * sizeof(kernels::SamplingRow), "sampling parameters"},
@@ -109,17 +110,7 @@ Engine::Engine(const ModelConfig& config, ModelWeights weights, kernels::Backend
       options_(options),
       cache_(std::move(cache)),
       ws_(std::move(workspace)),
-      max_context_(max_context),
-      max_blocks_per_seq_((max_context + options.block_size - 1) / options.block_size) {
-  const int64_t T = options_.max_step_tokens, S = options_.max_sequences;
-  meta_ids_ = 0;
-  meta_pos_ = T;
-  meta_seq_ = 2 * T;
-  meta_slots_ = 3 * T;
-  meta_tables_ = 4 * T;
-  meta_out_rows_ = meta_tables_ + S * max_blocks_per_seq_;
-  host_meta_.assign(meta_out_rows_ + S, 0);
-}
+      max_context_(max_context) {}
 
 absl::Status Engine::AddSequence(uint64_t id) {
   if (sequences_.count(id) > 0) {
@@ -197,13 +188,14 @@ absl::Status Engine::Validate(std::span<const StepInput> inputs) const {
 
 absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> inputs) {
   if (absl::Status s = Validate(inputs); !s.ok()) return s;
+  std::vector<Sequence*> seqs;
+  for (const StepInput& in : inputs) seqs.push_back(&sequences_.at(in.sequence));
 
   // Reserve KV blocks for the whole step, all or nothing.
   int64_t needed = 0;
-  for (const StepInput& in : inputs) {
-    const Sequence& seq = sequences_.at(in.sequence);
-    needed += cache_.BlocksFor(seq.length + in.tokens.size()) -
-              static_cast<int64_t>(seq.table.blocks.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    needed += cache_.BlocksFor(seqs[i]->length + inputs[i].tokens.size()) -
+              static_cast<int64_t>(seqs[i]->table.blocks.size());
   }
   if (needed > cache_.free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -211,32 +203,44 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
         " tokens, ", cache_.free_blocks(), " of ", cache_.num_blocks(),
         " are free; finish or remove a sequence, or step fewer tokens"));
   }
-  for (const StepInput& in : inputs) {
-    Sequence& seq = sequences_.at(in.sequence);
-    absl::Status s = cache_.Reserve(seq.table, seq.length + in.tokens.size());
+  int table_width = 0;  // the longest block table in the step: the row stride below
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    absl::Status s = cache_.Reserve(seqs[i]->table, seqs[i]->length + inputs[i].tokens.size());
     if (!s.ok()) return s;  // cannot happen: checked above
+    table_width = std::max<int>(table_width, seqs[i]->table.blocks.size());
   }
 
-  // Step metadata: per token its id, position, sequence row and cache slot; per sequence
-  // its block table; per output the token row it reads.
-  const int bs = options_.block_size;
-  int32_t* meta = host_meta_.data();
-  std::vector<kernels::SamplingRow> sampling;
+  // Step metadata, laid out for this step only so that one small upload carries it:
+  // per token its id, position, sequence row and cache slot; per sequence its block
+  // table; per output the token row it reads.
   int n_tokens = 0;
+  for (const StepInput& in : inputs) n_tokens += static_cast<int>(in.tokens.size());
+  StepLayout layout;
+  layout.n_tokens = n_tokens;
+  layout.table_width = table_width;
+  layout.pos = n_tokens;
+  layout.seq = 2 * n_tokens;
+  layout.slots = 3 * n_tokens;
+  layout.tables = 4 * n_tokens;
+  layout.out_rows = layout.tables + static_cast<int64_t>(inputs.size()) * table_width;
+  host_meta_.assign(layout.out_rows + inputs.size(), 0);
+  int32_t* meta = host_meta_.data();
+  const int bs = options_.block_size;
+  std::vector<kernels::SamplingRow> sampling;
+  int t_all = 0;
   for (size_t s = 0; s < inputs.size(); ++s) {
     const StepInput& in = inputs[s];
-    const Sequence& seq = sequences_.at(in.sequence);
-    std::copy(seq.table.blocks.begin(), seq.table.blocks.end(),
-              meta + meta_tables_ + s * max_blocks_per_seq_);
-    for (size_t t = 0; t < in.tokens.size(); ++t, ++n_tokens) {
+    const Sequence& seq = *seqs[s];
+    std::copy(seq.table.blocks.begin(), seq.table.blocks.end(), meta + layout.tables + s * table_width);
+    for (size_t t = 0; t < in.tokens.size(); ++t, ++t_all) {
       const int pos = seq.length + static_cast<int>(t);
-      meta[meta_ids_ + n_tokens] = in.tokens[t];
-      meta[meta_pos_ + n_tokens] = pos;
-      meta[meta_seq_ + n_tokens] = static_cast<int32_t>(s);
-      meta[meta_slots_ + n_tokens] = seq.table.blocks[pos / bs] * bs + pos % bs;
+      meta[layout.ids + t_all] = in.tokens[t];
+      meta[layout.pos + t_all] = pos;
+      meta[layout.seq + t_all] = static_cast<int32_t>(s);
+      meta[layout.slots + t_all] = seq.table.blocks[pos / bs] * bs + pos % bs;
     }
     if (in.sample || in.want_logits) {
-      meta[meta_out_rows_ + sampling.size()] = n_tokens - 1;
+      meta[layout.out_rows + sampling.size()] = t_all - 1;
       kernels::SamplingRow row;
       row.temperature = in.sampling.temperature;
       row.top_k = in.sampling.top_k;
@@ -247,9 +251,10 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
       sampling.push_back(row);
     }
   }
-  const int n_out = static_cast<int>(sampling.size());
-  if (absl::Status s = backend_->Upload(ws_.meta.data(), host_meta_.data(), host_meta_.size() * 4);
-      !s.ok()) {
+  layout.n_out = static_cast<int>(sampling.size());
+  const int n_out = layout.n_out;
+  const size_t meta_used = layout.out_rows + n_out;
+  if (absl::Status s = backend_->Upload(ws_.meta.data(), host_meta_.data(), meta_used * 4); !s.ok()) {
     return s;
   }
   if (n_out > 0) {
@@ -260,10 +265,22 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
     }
   }
 
-  Forward(n_tokens, n_out);
+  Forward(layout);
 
-  std::vector<StepOutput> outputs;
+  // Results come back before any sequence changes, so a failed download leaves none
+  // half-advanced.
+  const int64_t V = config_.vocab_size;
   std::vector<int32_t> tokens(n_out);
+  std::vector<float> logits;
+  const bool any_logits = std::any_of(inputs.begin(), inputs.end(),
+                                      [](const StepInput& in) { return in.want_logits; });
+  if (any_logits) {
+    logits.resize(static_cast<size_t>(n_out) * V);
+    if (absl::Status s = backend_->Download(logits.data(), ws_.logits.data(), logits.size() * 4);
+        !s.ok()) {
+      return s;
+    }
+  }
   if (n_out > 0) {
     if (absl::Status s = backend_->Download(tokens.data(), ws_.tokens.data(), n_out * 4); !s.ok()) {
       return s;
@@ -271,35 +288,31 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
   } else if (absl::Status s = backend_->Synchronize(); !s.ok()) {
     return s;
   }
+  std::vector<StepOutput> outputs;
   int out = 0;
-  const int64_t V = config_.vocab_size;
-  for (const StepInput& in : inputs) {
-    sequences_.at(in.sequence).length += static_cast<int>(in.tokens.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& in = inputs[i];
+    seqs[i]->length += static_cast<int>(in.tokens.size());
     if (!in.sample && !in.want_logits) continue;
     StepOutput o;
     o.sequence = in.sequence;
     if (in.sample) o.token = tokens[out];
-    if (in.want_logits) {
-      o.logits.resize(V);
-      if (absl::Status s = backend_->Download(o.logits.data(), ws_.logits.as<float>() + out * V, V * 4);
-          !s.ok()) {
-        return s;
-      }
-    }
+    if (in.want_logits) o.logits.assign(logits.begin() + out * V, logits.begin() + (out + 1) * V);
     outputs.push_back(std::move(o));
     ++out;
   }
   return outputs;
 }
 
-void Engine::Forward(int T, int n_out) {
+void Engine::Forward(const StepLayout& layout) {
   kernels::Backend& b = *backend_;
   const ModelConfig& c = config_;
+  const int T = layout.n_tokens;
   const int H = c.hidden_size;
   const float eps = c.rms_norm_eps;
   const int32_t* meta = ws_.meta.as<int32_t>();
-  const int32_t* ids = meta + meta_ids_;
-  const int32_t* pos = meta + meta_pos_;
+  const int32_t* ids = meta + layout.ids;
+  const int32_t* pos = meta + layout.pos;
   float* residual = ws_.residual.as<float>();  // [T, H] the residual stream
   float* x = ws_.x.as<float>();                // [T, H] a sublayer's output
   float* h = ws_.h.as<float>();                // [T, H] normed input of a sublayer
@@ -313,9 +326,9 @@ void Engine::Forward(int T, int n_out) {
   kernels::AttentionArgs attention;
   attention.q = q;
   attention.out = attn;
-  attention.block_tables = meta + meta_tables_;
-  attention.max_blocks_per_seq = max_blocks_per_seq_;
-  attention.token_seq = meta + meta_seq_;
+  attention.block_tables = meta + layout.tables;
+  attention.max_blocks_per_seq = layout.table_width;
+  attention.token_seq = meta + layout.seq;
   attention.token_pos = pos;
   attention.n = T;
   attention.q_heads = c.num_heads;
@@ -333,7 +346,7 @@ void Engine::Forward(int T, int n_out) {
     b.Linear(h, T, w.v, w.v_bias, v);
     b.Rope(q, k, pos, ws_.inv_freq.as<float>(), T, c.num_heads, c.num_kv_heads, c.head_dim);
     attention.cache = cache_.Layer(l);
-    b.KvStore(attention.cache, k, v, meta + meta_slots_, T);
+    b.KvStore(attention.cache, k, v, meta + layout.slots, T);
     b.Attention(attention);
     b.Linear(attn, T, w.o, w.o_bias, x);
     b.AddRmsNorm(x, residual, w.post_attention_norm, T, H, eps, h);
@@ -342,14 +355,14 @@ void Engine::Forward(int T, int n_out) {
     b.SwiGlu(gate, up, static_cast<int64_t>(T) * c.intermediate_size, gate);
     b.Linear(gate, T, w.down, w.down_bias, x);
   }
-  if (n_out == 0) return;
-  // Only the rows that produce a token need the final norm and the vocabulary projection.
-  b.GatherRows(x, meta + meta_out_rows_, n_out, H, h);
-  b.GatherRows(residual, meta + meta_out_rows_, n_out, H, ws_.final_rows.as<float>());
-  b.AddRmsNorm(h, ws_.final_rows.as<float>(), weights_.final_norm, n_out, H, eps, x);
-  b.Linear(x, n_out, weights_.lm_head, nullptr, ws_.logits.as<float>());
-  b.Sample(ws_.logits.as<float>(), n_out, c.vocab_size, ws_.sampling.as<kernels::SamplingRow>(),
-           ws_.tokens.as<int32_t>());
+  if (layout.n_out == 0) return;
+  // The final norm is cheap for every row; only the rows that produce a token get the
+  // vocabulary projection.
+  b.AddRmsNorm(x, residual, weights_.final_norm, T, H, eps, h);
+  b.GatherRows(h, meta + layout.out_rows, layout.n_out, H, x);
+  b.Linear(x, layout.n_out, weights_.lm_head, nullptr, ws_.logits.as<float>());
+  b.Sample(ws_.logits.as<float>(), layout.n_out, c.vocab_size,
+           ws_.sampling.as<kernels::SamplingRow>(), ws_.tokens.as<int32_t>());
 }
 
 }  // namespace ember::worker

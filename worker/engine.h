@@ -82,7 +82,7 @@ class Engine {
   // Per-step scratch in the backend's memory, sized once for max_step_tokens.
   struct Workspace {
     kernels::Buffer residual, x, h, q, k, v, attn, gate, up;  // [T, width] activations
-    kernels::Buffer final_rows, logits;                       // [S, hidden], [S, vocab]
+    kernels::Buffer logits;                                   // [S, vocab]
     kernels::Buffer meta;                                     // the int32 step metadata
     kernels::Buffer sampling, tokens;                         // [S] SamplingRow, [S] int32
     kernels::Buffer attention;                                // split-K scratch
@@ -91,8 +91,15 @@ class Engine {
 
   Engine(const ModelConfig& config, ModelWeights weights, kernels::Backend* backend,
          const EngineOptions& options, KvCache cache, Workspace workspace, int max_context);
+  // Where each array of one step's metadata sits in ws_.meta (int32 offsets).
+  struct StepLayout {
+    int n_tokens = 0, n_out = 0;
+    int table_width = 0;  // blocks per block-table row: the longest table in the step
+    int64_t ids = 0, pos = 0, seq = 0, slots = 0, tables = 0, out_rows = 0;
+  };
+
   absl::Status Validate(std::span<const StepInput> inputs) const;
-  void Forward(int n_tokens, int n_out);
+  void Forward(const StepLayout& layout);
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -101,11 +108,8 @@ class Engine {
   KvCache cache_;
   Workspace ws_;
   int max_context_;
-  int max_blocks_per_seq_;
   std::map<uint64_t, Sequence> sequences_;
-  std::vector<int32_t> host_meta_;  // staging for ws_.meta
-  // Offsets of each array inside ws_.meta (in int32 elements).
-  int64_t meta_ids_, meta_pos_, meta_seq_, meta_slots_, meta_tables_, meta_out_rows_;
+  std::vector<int32_t> host_meta_;  // staging for ws_.meta, reused from step to step
 };
 
 // The `uniform` for sampling the token at `position` of a sequence seeded `seed`: a

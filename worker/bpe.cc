@@ -30,7 +30,7 @@ struct Symbol {
 absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
                                                              const std::string& path) {
   std::string type;
-  EMBER_TOKENIZER_ASSIGN(type, tj::String(j, path, "type", "BPE"));
+  EMBER_ASSIGN_OR_RETURN(type, tj::String(j, path, "type", "BPE"));
   if (type != "BPE") {
     return tj::UnsupportedType(tj::Child(path, "type"), "model", type, "BPE");
   }
@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
   }
   auto model = std::unique_ptr<BpeModel>(new BpeModel);
   const json* vocab;
-  EMBER_TOKENIZER_ASSIGN(vocab, tj::Object(j, path, "vocab"));
+  EMBER_ASSIGN_OR_RETURN(vocab, tj::Object(j, path, "vocab"));
   const std::string vocab_path = tj::Child(path, "vocab");
   model->vocab_.reserve(vocab->size());
   for (const auto& [token, id_json] : vocab->items()) {
@@ -55,14 +55,14 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
     model->tokens_[id] = token;
   }
 
-  EMBER_TOKENIZER_ASSIGN(model->continuing_subword_prefix_,
+  EMBER_ASSIGN_OR_RETURN(model->continuing_subword_prefix_,
                          tj::String(j, path, "continuing_subword_prefix", ""));
-  EMBER_TOKENIZER_ASSIGN(model->end_of_word_suffix_, tj::String(j, path, "end_of_word_suffix", ""));
-  EMBER_TOKENIZER_ASSIGN(model->fuse_unk_, tj::Bool(j, path, "fuse_unk", false));
-  EMBER_TOKENIZER_ASSIGN(model->byte_fallback_, tj::Bool(j, path, "byte_fallback", false));
-  EMBER_TOKENIZER_ASSIGN(model->ignore_merges_, tj::Bool(j, path, "ignore_merges", false));
+  EMBER_ASSIGN_OR_RETURN(model->end_of_word_suffix_, tj::String(j, path, "end_of_word_suffix", ""));
+  EMBER_ASSIGN_OR_RETURN(model->fuse_unk_, tj::Bool(j, path, "fuse_unk", false));
+  EMBER_ASSIGN_OR_RETURN(model->byte_fallback_, tj::Bool(j, path, "byte_fallback", false));
+  EMBER_ASSIGN_OR_RETURN(model->ignore_merges_, tj::Bool(j, path, "ignore_merges", false));
   std::string unk;
-  EMBER_TOKENIZER_ASSIGN(unk, tj::String(j, path, "unk_token", ""));
+  EMBER_ASSIGN_OR_RETURN(unk, tj::String(j, path, "unk_token", ""));
   if (!unk.empty()) {
     auto it = model->vocab_.find(unk);
     if (it == model->vocab_.end()) {
@@ -77,7 +77,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
   }
 
   const json* merges;
-  EMBER_TOKENIZER_ASSIGN(merges, tj::Array(j, path, "merges"));
+  EMBER_ASSIGN_OR_RETURN(merges, tj::Array(j, path, "merges"));
   const std::string merges_path = tj::Child(path, "merges");
   const size_t prefix_len = model->continuing_subword_prefix_.size();
   model->merges_.reserve(merges->size());

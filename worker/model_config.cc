@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "loader/json_strict.h"
+#include "loader/status_macros.h"
 
 namespace ember::worker {
 namespace {
@@ -48,13 +49,6 @@ absl::StatusOr<bool> GetBool(const json& j, absl::string_view field, bool fallba
   return it->get<bool>();
 }
 
-#define EMBER_ASSIGN(lhs, expr)          \
-  do {                                   \
-    auto _v = (expr);                    \
-    if (!_v.ok()) return _v.status();    \
-    lhs = *_v;                           \
-  } while (0)
-
 absl::StatusOr<Architecture> ParseArchitecture(const json& j, std::string* name) {
   static constexpr std::pair<absl::string_view, Architecture> kKnown[] = {
       {"LlamaForCausalLM", Architecture::kLlama},
@@ -87,13 +81,13 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
     params_field = "rope_scaling";
   }
   double theta = 10000.0;
-  EMBER_ASSIGN(theta, GetNumber(j, "rope_theta", theta));
+  EMBER_ASSIGN_OR_RETURN(theta, GetNumber(j, "rope_theta", theta));
   if (params == nullptr) {
     rope->theta = static_cast<float>(theta);
     return absl::OkStatus();
   }
   if (!params->is_object()) return FieldError(params_field, "must be an object");
-  EMBER_ASSIGN(theta, GetNumber(*params, "rope_theta", theta));
+  EMBER_ASSIGN_OR_RETURN(theta, GetNumber(*params, "rope_theta", theta));
   rope->theta = static_cast<float>(theta);
   std::string type = "default";
   for (const char* key : {"rope_type", "type"}) {
@@ -116,13 +110,13 @@ absl::Status ParseRope(const json& j, RopeConfig* rope) {
     }
   }
   double v = 0;
-  EMBER_ASSIGN(v, GetNumber(*params, "factor", 1));
+  EMBER_ASSIGN_OR_RETURN(v, GetNumber(*params, "factor", 1));
   rope->factor = static_cast<float>(v);
-  EMBER_ASSIGN(v, GetNumber(*params, "low_freq_factor", 1));
+  EMBER_ASSIGN_OR_RETURN(v, GetNumber(*params, "low_freq_factor", 1));
   rope->low_freq_factor = static_cast<float>(v);
-  EMBER_ASSIGN(v, GetNumber(*params, "high_freq_factor", 4));
+  EMBER_ASSIGN_OR_RETURN(v, GetNumber(*params, "high_freq_factor", 4));
   rope->high_freq_factor = static_cast<float>(v);
-  EMBER_ASSIGN(rope->original_max_position_embeddings,
+  EMBER_ASSIGN_OR_RETURN(rope->original_max_position_embeddings,
                GetInt(*params, "original_max_position_embeddings", std::nullopt));
   if (rope->factor <= 0 || rope->high_freq_factor <= rope->low_freq_factor ||
       rope->low_freq_factor <= 0 || rope->original_max_position_embeddings <= 0) {
@@ -146,7 +140,7 @@ absl::Status ParseTokenIds(const json& j, ModelConfig* c) {
       return FieldError("eos_token_id", "must be an integer or a list of integers");
     }
   }
-  EMBER_ASSIGN(c->bos_token_id, GetInt(j, "bos_token_id", -1));
+  EMBER_ASSIGN_OR_RETURN(c->bos_token_id, GetInt(j, "bos_token_id", -1));
   return absl::OkStatus();
 }
 
@@ -159,13 +153,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(kWhere, ": not a JSON object"));
 
   ModelConfig c;
-  EMBER_ASSIGN(c.arch, ParseArchitecture(j, &c.architecture));
-  EMBER_ASSIGN(c.hidden_size, GetInt(j, "hidden_size", std::nullopt));
-  EMBER_ASSIGN(c.intermediate_size, GetInt(j, "intermediate_size", std::nullopt));
-  EMBER_ASSIGN(c.num_layers, GetInt(j, "num_hidden_layers", std::nullopt));
-  EMBER_ASSIGN(c.num_heads, GetInt(j, "num_attention_heads", std::nullopt));
-  EMBER_ASSIGN(c.num_kv_heads, GetInt(j, "num_key_value_heads", c.num_heads));
-  EMBER_ASSIGN(c.vocab_size, GetInt(j, "vocab_size", std::nullopt));
+  EMBER_ASSIGN_OR_RETURN(c.arch, ParseArchitecture(j, &c.architecture));
+  EMBER_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", std::nullopt));
+  EMBER_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(j, "intermediate_size", std::nullopt));
+  EMBER_ASSIGN_OR_RETURN(c.num_layers, GetInt(j, "num_hidden_layers", std::nullopt));
+  EMBER_ASSIGN_OR_RETURN(c.num_heads, GetInt(j, "num_attention_heads", std::nullopt));
+  EMBER_ASSIGN_OR_RETURN(c.num_kv_heads, GetInt(j, "num_key_value_heads", c.num_heads));
+  EMBER_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", std::nullopt));
   if (c.num_heads == 0 || c.hidden_size == 0 || c.num_layers == 0 || c.vocab_size == 0 ||
       c.intermediate_size == 0 || c.num_kv_heads == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -173,14 +167,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
                 "num_key_value_heads and vocab_size must all be positive"));
   }
   const int default_head_dim = c.hidden_size / c.num_heads;
-  EMBER_ASSIGN(c.head_dim, GetInt(j, "head_dim", default_head_dim));
+  EMBER_ASSIGN_OR_RETURN(c.head_dim, GetInt(j, "head_dim", default_head_dim));
   double eps = 1e-6;
-  EMBER_ASSIGN(eps, GetNumber(j, "rms_norm_eps", eps));
+  EMBER_ASSIGN_OR_RETURN(eps, GetNumber(j, "rms_norm_eps", eps));
   c.rms_norm_eps = static_cast<float>(eps);
   if (absl::Status s = ParseRope(j, &c.rope); !s.ok()) return s;
   const int default_max_pos = c.arch == Architecture::kQwen2 ? 32768 : 4096;
-  EMBER_ASSIGN(c.max_position_embeddings, GetInt(j, "max_position_embeddings", default_max_pos));
-  EMBER_ASSIGN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings", false));
+  EMBER_ASSIGN_OR_RETURN(c.max_position_embeddings, GetInt(j, "max_position_embeddings", default_max_pos));
+  EMBER_ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings", false));
   if (absl::Status s = ParseTokenIds(j, &c); !s.ok()) return s;
 
   for (const char* key : {"torch_dtype", "dtype"}) {
@@ -204,18 +198,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   switch (c.arch) {
     case Architecture::kLlama: {
       bool attention_bias = false;
-      EMBER_ASSIGN(attention_bias, GetBool(j, "attention_bias", false));
+      EMBER_ASSIGN_OR_RETURN(attention_bias, GetBool(j, "attention_bias", false));
       c.qkv_bias = c.o_bias = attention_bias;
-      EMBER_ASSIGN(c.mlp_bias, GetBool(j, "mlp_bias", false));
+      EMBER_ASSIGN_OR_RETURN(c.mlp_bias, GetBool(j, "mlp_bias", false));
       break;
     }
     case Architecture::kMistral:
-      EMBER_ASSIGN(c.sliding_window, GetInt(j, "sliding_window", 0));
+      EMBER_ASSIGN_OR_RETURN(c.sliding_window, GetInt(j, "sliding_window", 0));
       break;
     case Architecture::kQwen2: {
       c.qkv_bias = true;
       bool sliding = false;
-      EMBER_ASSIGN(sliding, GetBool(j, "use_sliding_window", false));
+      EMBER_ASSIGN_OR_RETURN(sliding, GetBool(j, "use_sliding_window", false));
       bool sliding_layers = false;
       if (auto it = j.find("layer_types"); it != j.end() && it->is_array()) {
         for (const auto& t : *it) sliding_layers |= t != "full_attention";

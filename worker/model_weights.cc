@@ -59,9 +59,8 @@ class Binder {
     Matrix m;
     m.data = w.data;
     m.type = *type;
-    m.rows = static_cast<int64_t>(shape[0]);
-    m.cols = shape.size() > 1 ? static_cast<int64_t>(shape[1]) : 1;
-    if (shape.size() == 1) std::swap(m.rows, m.cols);  // a vector is one row
+    m.rows = shape.size() == 1 ? 1 : static_cast<int64_t>(shape[0]);  // a vector is one row
+    m.cols = static_cast<int64_t>(shape.back());
     return m;
   }
 

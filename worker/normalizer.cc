@@ -77,32 +77,32 @@ class SequenceNormalizer : public Normalizer {
 absl::StatusOr<std::unique_ptr<Normalizer>> Normalizer::FromJson(const json& j,
                                                                  const std::string& path) {
   std::string type;
-  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  EMBER_ASSIGN_OR_RETURN(type, tj::Type(j, path));
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(utf8::NormalForm::kNfc);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(utf8::NormalForm::kNfd);
   if (type == "NFKC") return std::make_unique<UnicodeNormalizer>(utf8::NormalForm::kNfkc);
   if (type == "NFKD") return std::make_unique<UnicodeNormalizer>(utf8::NormalForm::kNfkd);
   if (type == "Prepend") {
     std::string prefix;
-    EMBER_TOKENIZER_ASSIGN(prefix, tj::String(j, path, "prepend"));
+    EMBER_ASSIGN_OR_RETURN(prefix, tj::String(j, path, "prepend"));
     return std::make_unique<PrependNormalizer>(std::move(prefix));
   }
   if (type == "Replace") {
     const json* pattern;
-    EMBER_TOKENIZER_ASSIGN(pattern, tj::Object(j, path, "pattern"));
+    EMBER_ASSIGN_OR_RETURN(pattern, tj::Object(j, path, "pattern"));
     std::optional<TokenizerRegex> regex;
-    EMBER_TOKENIZER_ASSIGN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
+    EMBER_ASSIGN_OR_RETURN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
     std::string content;
-    EMBER_TOKENIZER_ASSIGN(content, tj::String(j, path, "content"));
+    EMBER_ASSIGN_OR_RETURN(content, tj::String(j, path, "content"));
     return std::make_unique<ReplaceNormalizer>(*std::move(regex), std::move(content));
   }
   if (type == "Sequence") {
     const json* list;
-    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "normalizers"));
+    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "normalizers"));
     std::vector<std::unique_ptr<Normalizer>> steps;
     for (size_t i = 0; i < list->size(); ++i) {
       std::unique_ptr<Normalizer> step;
-      EMBER_TOKENIZER_ASSIGN(step,
+      EMBER_ASSIGN_OR_RETURN(step,
                              FromJson((*list)[i], tj::Element(tj::Child(path, "normalizers"), i)));
       steps.push_back(std::move(step));
     }

@@ -238,7 +238,7 @@ absl::StatusOr<Behavior> ParseBehavior(const json& j, const std::string& path) {
       {"Contiguous", Behavior::kContiguous},
   };
   std::string name;
-  EMBER_TOKENIZER_ASSIGN(name, tj::String(j, path, "behavior"));
+  EMBER_ASSIGN_OR_RETURN(name, tj::String(j, path, "behavior"));
   for (const auto& [known, behavior] : kNames) {
     if (name == known) return behavior;
   }
@@ -249,14 +249,14 @@ absl::StatusOr<Behavior> ParseBehavior(const json& j, const std::string& path) {
 absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseMetaspace(const json& j,
                                                              const std::string& path) {
   std::string replacement;
-  EMBER_TOKENIZER_ASSIGN(replacement, tj::String(j, path, "replacement", "\xE2\x96\x81"));
+  EMBER_ASSIGN_OR_RETURN(replacement, tj::String(j, path, "replacement", "\xE2\x96\x81"));
   if (replacement.empty() || utf8::SequenceLength(replacement, 0) != replacement.size()) {
     return tj::Error(tj::Child(path, "replacement"), "must be one character");
   }
   bool add_prefix_space;
-  EMBER_TOKENIZER_ASSIGN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
+  EMBER_ASSIGN_OR_RETURN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
   std::string scheme_name;
-  EMBER_TOKENIZER_ASSIGN(
+  EMBER_ASSIGN_OR_RETURN(
       scheme_name, tj::String(j, path, "prepend_scheme", add_prefix_space ? "always" : "never"));
   PrependScheme scheme;
   if (scheme_name == "always") {
@@ -269,7 +269,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseMetaspace(const json& j,
     return tj::Error(tj::Child(path, "prepend_scheme"), "must be always, first or never");
   }
   bool split;
-  EMBER_TOKENIZER_ASSIGN(split, tj::Bool(j, path, "split", true));
+  EMBER_ASSIGN_OR_RETURN(split, tj::Bool(j, path, "split", true));
   return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), scheme, split);
 }
 
@@ -286,42 +286,42 @@ void PreTokenizer::Apply(std::vector<TextPiece>& pieces) const {
 absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json& j,
                                                                      const std::string& path) {
   std::string type;
-  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  EMBER_ASSIGN_OR_RETURN(type, tj::Type(j, path));
   if (type == "Split") {
     const json* pattern_json;
-    EMBER_TOKENIZER_ASSIGN(pattern_json, tj::Object(j, path, "pattern"));
+    EMBER_ASSIGN_OR_RETURN(pattern_json, tj::Object(j, path, "pattern"));
     std::optional<TokenizerRegex> pattern;
-    EMBER_TOKENIZER_ASSIGN(pattern,
+    EMBER_ASSIGN_OR_RETURN(pattern,
                            TokenizerRegex::FromJson(*pattern_json, tj::Child(path, "pattern")));
     Behavior behavior;
-    EMBER_TOKENIZER_ASSIGN(behavior, ParseBehavior(j, path));
+    EMBER_ASSIGN_OR_RETURN(behavior, ParseBehavior(j, path));
     bool invert;
-    EMBER_TOKENIZER_ASSIGN(invert, tj::Bool(j, path, "invert", false));
+    EMBER_ASSIGN_OR_RETURN(invert, tj::Bool(j, path, "invert", false));
     return std::make_unique<SplitPreTokenizer>(*std::move(pattern), behavior, invert);
   }
   if (type == "ByteLevel") {
     bool add_prefix_space, use_regex;
-    EMBER_TOKENIZER_ASSIGN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
-    EMBER_TOKENIZER_ASSIGN(use_regex, tj::Bool(j, path, "use_regex", true));
+    EMBER_ASSIGN_OR_RETURN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
+    EMBER_ASSIGN_OR_RETURN(use_regex, tj::Bool(j, path, "use_regex", true));
     std::optional<TokenizerRegex> regex;
     if (use_regex) {
-      EMBER_TOKENIZER_ASSIGN(regex, TokenizerRegex::FromRegex(kGpt2Pattern, path));
+      EMBER_ASSIGN_OR_RETURN(regex, TokenizerRegex::FromRegex(kGpt2Pattern, path));
     }
     return std::make_unique<ByteLevelPreTokenizer>(add_prefix_space, std::move(regex));
   }
   if (type == "Metaspace") return ParseMetaspace(j, path);
   if (type == "Digits") {
     bool individual;
-    EMBER_TOKENIZER_ASSIGN(individual, tj::Bool(j, path, "individual_digits", false));
+    EMBER_ASSIGN_OR_RETURN(individual, tj::Bool(j, path, "individual_digits", false));
     return std::make_unique<DigitsPreTokenizer>(individual);
   }
   if (type == "Sequence") {
     const json* list;
-    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "pretokenizers"));
+    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "pretokenizers"));
     std::vector<std::unique_ptr<PreTokenizer>> steps;
     for (size_t i = 0; i < list->size(); ++i) {
       std::unique_ptr<PreTokenizer> step;
-      EMBER_TOKENIZER_ASSIGN(
+      EMBER_ASSIGN_OR_RETURN(
           step, FromJson((*list)[i], tj::Element(tj::Child(path, "pretokenizers"), i)));
       steps.push_back(std::move(step));
     }

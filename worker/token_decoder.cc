@@ -267,7 +267,7 @@ class MetaspaceStage : public DecoderStage {
 absl::StatusOr<char32_t> OneChar(const json& j, const std::string& path, const char* field,
                                  const char* fallback) {
   std::string s;
-  EMBER_TOKENIZER_ASSIGN(s, tj::String(j, path, field, std::string(fallback)));
+  EMBER_ASSIGN_OR_RETURN(s, tj::String(j, path, field, std::string(fallback)));
   if (s.empty() || utf8::SequenceLength(s, 0) != s.size()) {
     return tj::Error(tj::Child(path, field), "must be one character");
   }
@@ -280,7 +280,7 @@ absl::StatusOr<char32_t> OneChar(const json& j, const std::string& path, const c
 absl::Status AddStages(const json& j, const std::string& path, bool& fused,
                        std::vector<std::unique_ptr<DecoderStage>>& stages) {
   std::string type;
-  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  EMBER_ASSIGN_OR_RETURN(type, tj::Type(j, path));
   auto needs_tokens = [&]() -> absl::Status {
     if (!fused) return absl::OkStatus();
     return tj::Error(
@@ -289,7 +289,7 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
   };
   if (type == "Sequence") {
     const json* list;
-    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "decoders"));
+    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "decoders"));
     for (size_t i = 0; i < list->size(); ++i) {
       absl::Status s =
           AddStages((*list)[i], tj::Element(tj::Child(path, "decoders"), i), fused, stages);
@@ -307,11 +307,11 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
     fused = true;
   } else if (type == "Replace") {
     const json* pattern;
-    EMBER_TOKENIZER_ASSIGN(pattern, tj::Object(j, path, "pattern"));
+    EMBER_ASSIGN_OR_RETURN(pattern, tj::Object(j, path, "pattern"));
     std::optional<TokenizerRegex> regex;
-    EMBER_TOKENIZER_ASSIGN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
+    EMBER_ASSIGN_OR_RETURN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
     std::string content;
-    EMBER_TOKENIZER_ASSIGN(content, tj::String(j, path, "content"));
+    EMBER_ASSIGN_OR_RETURN(content, tj::String(j, path, "content"));
     const bool literal = pattern->contains("String");
     if (fused && !literal) {
       return tj::Error(path,
@@ -323,19 +323,19 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
         fused));
   } else if (type == "Strip") {
     char32_t content;
-    EMBER_TOKENIZER_ASSIGN(content, OneChar(j, path, "content", " "));
+    EMBER_ASSIGN_OR_RETURN(content, OneChar(j, path, "content", " "));
     int64_t start, stop;
-    EMBER_TOKENIZER_ASSIGN(start, tj::Int(j, path, "start", 0));
-    EMBER_TOKENIZER_ASSIGN(stop, tj::Int(j, path, "stop", 0));
+    EMBER_ASSIGN_OR_RETURN(start, tj::Int(j, path, "start", 0));
+    EMBER_ASSIGN_OR_RETURN(stop, tj::Int(j, path, "stop", 0));
     if (start < 0 || stop < 0) return tj::Error(path, "start and stop must not be negative");
     stages.push_back(std::make_unique<StripStage>(content, start, stop, fused));
   } else if (type == "Metaspace") {
     char32_t replacement;
-    EMBER_TOKENIZER_ASSIGN(replacement, OneChar(j, path, "replacement", "\xE2\x96\x81"));
+    EMBER_ASSIGN_OR_RETURN(replacement, OneChar(j, path, "replacement", "\xE2\x96\x81"));
     bool add_prefix_space;
-    EMBER_TOKENIZER_ASSIGN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
+    EMBER_ASSIGN_OR_RETURN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
     std::string scheme;
-    EMBER_TOKENIZER_ASSIGN(
+    EMBER_ASSIGN_OR_RETURN(
         scheme, tj::String(j, path, "prepend_scheme", add_prefix_space ? "always" : "never"));
     if (scheme != "always" && scheme != "first" && scheme != "never") {
       return tj::Error(tj::Child(path, "prepend_scheme"), "must be always, first or never");

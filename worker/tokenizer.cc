@@ -60,11 +60,11 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
                                 std::vector<PostTemplate>& post) {
   if (j.is_null()) return absl::OkStatus();
   std::string type;
-  EMBER_TOKENIZER_ASSIGN(type, tj::Type(j, path));
+  EMBER_ASSIGN_OR_RETURN(type, tj::Type(j, path));
   if (type == "ByteLevel") return absl::OkStatus();  // offsets only: no tokens added
   if (type == "Sequence") {
     const json* list;
-    EMBER_TOKENIZER_ASSIGN(list, tj::Array(j, path, "processors"));
+    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "processors"));
     for (size_t i = 0; i < list->size(); ++i) {
       absl::Status s =
           ParsePostProcessor((*list)[i], tj::Element(tj::Child(path, "processors"), i), post);
@@ -77,9 +77,9 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
                                "TemplateProcessing, ByteLevel, Sequence");
   }
   const json* single;
-  EMBER_TOKENIZER_ASSIGN(single, tj::Array(j, path, "single"));
+  EMBER_ASSIGN_OR_RETURN(single, tj::Array(j, path, "single"));
   const json* specials;
-  EMBER_TOKENIZER_ASSIGN(specials, tj::Object(j, path, "special_tokens"));
+  EMBER_ASSIGN_OR_RETURN(specials, tj::Object(j, path, "special_tokens"));
   PostTemplate t;
   for (size_t i = 0; i < single->size(); ++i) {
     const json& item = (*single)[i];
@@ -87,13 +87,13 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
     PostTemplate::Item out;
     if (item.contains("Sequence")) {
       std::string id;
-      EMBER_TOKENIZER_ASSIGN(id,
+      EMBER_ASSIGN_OR_RETURN(id,
                              tj::String(item["Sequence"], tj::Child(item_path, "Sequence"), "id"));
       if (id != "A") return tj::Error(item_path, "a single-sequence template can only hold $A");
       out.is_sequence = true;
     } else if (item.contains("SpecialToken")) {
       std::string name;
-      EMBER_TOKENIZER_ASSIGN(
+      EMBER_ASSIGN_OR_RETURN(
           name, tj::String(item["SpecialToken"], tj::Child(item_path, "SpecialToken"), "id"));
       auto it = specials->find(name);
       if (it == specials->end() || !it->contains("ids") || !(*it)["ids"].is_array()) {
@@ -119,23 +119,23 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
 absl::Status ParseAddedTokens(const json& root, Tokenizer::Parts& parts) {
   if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return absl::OkStatus();
   const json* list;
-  EMBER_TOKENIZER_ASSIGN(list, tj::Array(root, "", "added_tokens"));
+  EMBER_ASSIGN_OR_RETURN(list, tj::Array(root, "", "added_tokens"));
   absl::flat_hash_set<std::string> special_contents;
   for (size_t i = 0; i < list->size(); ++i) {
     const json& j = (*list)[i];
     const std::string path = tj::Element("added_tokens", i);
     AddedToken t;
     int64_t id;
-    EMBER_TOKENIZER_ASSIGN(id, tj::Int(j, path, "id"));
+    EMBER_ASSIGN_OR_RETURN(id, tj::Int(j, path, "id"));
     if (id < 0 || id >= (int64_t{1} << 31))
       return tj::Error(tj::Child(path, "id"), "is out of range");
     t.id = static_cast<int32_t>(id);
-    EMBER_TOKENIZER_ASSIGN(t.content, tj::String(j, path, "content"));
-    EMBER_TOKENIZER_ASSIGN(t.single_word, tj::Bool(j, path, "single_word", false));
-    EMBER_TOKENIZER_ASSIGN(t.lstrip, tj::Bool(j, path, "lstrip", false));
-    EMBER_TOKENIZER_ASSIGN(t.rstrip, tj::Bool(j, path, "rstrip", false));
-    EMBER_TOKENIZER_ASSIGN(t.special, tj::Bool(j, path, "special", false));
-    EMBER_TOKENIZER_ASSIGN(t.normalized, tj::Bool(j, path, "normalized", !t.special));
+    EMBER_ASSIGN_OR_RETURN(t.content, tj::String(j, path, "content"));
+    EMBER_ASSIGN_OR_RETURN(t.single_word, tj::Bool(j, path, "single_word", false));
+    EMBER_ASSIGN_OR_RETURN(t.lstrip, tj::Bool(j, path, "lstrip", false));
+    EMBER_ASSIGN_OR_RETURN(t.rstrip, tj::Bool(j, path, "rstrip", false));
+    EMBER_ASSIGN_OR_RETURN(t.special, tj::Bool(j, path, "special", false));
+    EMBER_ASSIGN_OR_RETURN(t.normalized, tj::Bool(j, path, "normalized", !t.special));
     if (t.content.empty()) continue;
     std::string normalized = t.content;
     if (t.normalized && parts.normalizer) parts.normalizer->Apply(normalized);
@@ -200,17 +200,17 @@ absl::StatusOr<Tokenizer> Tokenizer::Load(absl::string_view tokenizer_json,
     return it == root->end() ? null : *it;
   };
   if (!field("normalizer").is_null()) {
-    EMBER_TOKENIZER_ASSIGN(parts->normalizer,
+    EMBER_ASSIGN_OR_RETURN(parts->normalizer,
                            Normalizer::FromJson(field("normalizer"), "normalizer"));
   }
   if (!field("pre_tokenizer").is_null()) {
-    EMBER_TOKENIZER_ASSIGN(parts->pre_tokenizer,
+    EMBER_ASSIGN_OR_RETURN(parts->pre_tokenizer,
                            PreTokenizer::FromJson(field("pre_tokenizer"), "pre_tokenizer"));
   }
   if (field("model").is_null()) return tj::Error("model", "is missing");
-  EMBER_TOKENIZER_ASSIGN(parts->model, BpeModel::FromJson(field("model"), "model"));
+  EMBER_ASSIGN_OR_RETURN(parts->model, BpeModel::FromJson(field("model"), "model"));
   parts->vocab_size = parts->model->id_end();
-  EMBER_TOKENIZER_ASSIGN(parts->decoder, TokenDecoder::FromJson(field("decoder"), "decoder"));
+  EMBER_ASSIGN_OR_RETURN(parts->decoder, TokenDecoder::FromJson(field("decoder"), "decoder"));
   if (absl::Status s = ParsePostProcessor(field("post_processor"), "post_processor", parts->post);
       !s.ok()) {
     return s;

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "loader/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace ember::worker::tokenizer_json {
@@ -40,11 +41,3 @@ absl::StatusOr<const json*> Array(const json& j, absl::string_view path, const c
 absl::StatusOr<const json*> Object(const json& j, absl::string_view path, const char* field);
 
 }  // namespace ember::worker::tokenizer_json
-
-// Evaluates a StatusOr expression, returns its error, else assigns its value to `lhs`.
-#define EMBER_TOKENIZER_ASSIGN(lhs, expr)     \
-  do {                                        \
-    auto _value = (expr);                     \
-    if (!_value.ok()) return _value.status(); \
-    lhs = *std::move(_value);                 \
-  } while (0)

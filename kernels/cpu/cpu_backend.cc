@@ -3,7 +3,6 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>

@@ -91,32 +91,25 @@ EMBER_CPU_CLONES void LinearTyped(const float* x, int n, const Matrix& w, const 
   }
 }
 
-EMBER_CPU_CLONES
-void Bf16RowToF32(const uint16_t* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-    std::memcpy(dst + i, &bits, 4);
+// Row conversion for the small users (embedding rows, norm weights, a KV row), with the
+// same vector loads as the matmul.
+template <ScalarType T>
+EMBER_CPU_CLONES void RowToF32Typed(const void* src, int64_t count, float* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const V16f v = Load16<T>(src, i);
+    std::memcpy(dst + i, &v, 64);
   }
-}
-
-EMBER_CPU_CLONES
-void F16RowToF32(const _Float16* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  for (; i < count; ++i) dst[i] = LoadOne<T>(src, i);
 }
 
 }  // namespace
 
 void RowToF32(const void* src, ScalarType type, int64_t count, float* dst) {
   switch (type) {
-    case ScalarType::kF32:
-      std::memcpy(dst, src, count * sizeof(float));
-      return;
-    case ScalarType::kBF16:
-      Bf16RowToF32(static_cast<const uint16_t*>(src), count, dst);
-      return;
-    case ScalarType::kF16:
-      F16RowToF32(static_cast<const _Float16*>(src), count, dst);
-      return;
+    case ScalarType::kF32: return RowToF32Typed<ScalarType::kF32>(src, count, dst);
+    case ScalarType::kBF16: return RowToF32Typed<ScalarType::kBF16>(src, count, dst);
+    case ScalarType::kF16: return RowToF32Typed<ScalarType::kF16>(src, count, dst);
   }
 }
 

@@ -15,10 +15,9 @@ inline uint64_t ByteChecksumHost(const uint8_t* data, size_t n) {
   return sum;
 }
 
-#ifdef EMBER_HAVE_CUDA
 // Device version of ByteChecksumHost over `n` bytes at `device_data`. Returns false
-// (and leaves *out unset) on a CUDA error. Synchronous.
+// (and leaves *out unset) on a CUDA error. Synchronous. Defined in kernels/cuda/checksum.cu,
+// so only CUDA builds can call it.
 bool ByteChecksumDevice(const void* device_data, size_t n, uint64_t* out);
-#endif
 
 }  // namespace ember::kernels

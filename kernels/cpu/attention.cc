@@ -3,7 +3,6 @@
 // with the maximum subtracted, and the weighted sum of values.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -26,27 +25,11 @@ const float* KvRow(const void* base, ScalarType type, int64_t index, int width,
 void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t* slots,
              int n) {
   const int width = cache.kv_heads * cache.head_dim;
+  const int64_t row_bytes = width * static_cast<int64_t>(ScalarBytes(cache.type));
   for (int t = 0; t < n; ++t) {
-    const int64_t slot = slots[t];
-    for (int which = 0; which < 2; ++which) {
-      const float* src = (which == 0 ? k : v) + static_cast<int64_t>(t) * width;
-      void* base = which == 0 ? cache.k : cache.v;
-      switch (cache.type) {
-        case ScalarType::kF32:
-          std::memcpy(static_cast<float*>(base) + slot * width, src, width * sizeof(float));
-          break;
-        case ScalarType::kBF16: {
-          auto* dst = static_cast<uint16_t*>(base) + slot * width;
-          for (int i = 0; i < width; ++i) dst[i] = FloatToBf16(src[i]);
-          break;
-        }
-        case ScalarType::kF16: {
-          auto* dst = static_cast<uint16_t*>(base) + slot * width;
-          for (int i = 0; i < width; ++i) dst[i] = FloatToF16(src[i]);
-          break;
-        }
-      }
-    }
+    const int64_t at = slots[t] * row_bytes, from = static_cast<int64_t>(t) * width;
+    RowFromF32(k + from, cache.type, width, static_cast<uint8_t*>(cache.k) + at);
+    RowFromF32(v + from, cache.type, width, static_cast<uint8_t*>(cache.v) + at);
   }
 }
 

@@ -1,5 +1,5 @@
 // CPU sampling: greedy, temperature, top-k, top-p, min-p and inverse-CDF draws, exactly
-// as SamplingRow in kernels/backend.h specifies (the CUDA kernel follows the same rules).
+// as SamplingRow in kernels/types.h specifies (the CUDA kernel follows the same rules).
 #include <algorithm>
 #include <cmath>
 #include <functional>

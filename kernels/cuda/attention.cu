@@ -61,7 +61,7 @@ __global__ void kv_store_kernel(const float* __restrict__ k,        // [n, width
 // accumulator and (max, sum) for combine_splits_kernel.
 template <typename KV>
 __global__ void __launch_bounds__(kAttnThreads)
-    paged_attention_kernel(PagedAttentionParams p, int partition,
+    paged_attention_kernel(AttentionArgs p, int partition,
                            float* __restrict__ partial_acc,    // [n, q_heads, splits, head_dim]
                            float2* __restrict__ partial_ml) {  // [n, q_heads, splits]
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -252,11 +252,13 @@ struct SplitPlan {
 };
 
 // Falls back to one split when the workspace is missing, too small or not 16-byte aligned.
-SplitPlan PlanSplits(const PagedAttentionParams& p) {
+SplitPlan PlanSplits(const AttentionArgs& p) {
   const int64_t max_context = static_cast<int64_t>(p.max_blocks_per_seq) * p.cache.block_size;
   const int64_t span =
       p.sliding_window > 0 ? std::min<int64_t>(max_context, p.sliding_window) : max_context;
-  const SplitPlan single{static_cast<int>(std::clamp<int64_t>(span, 1, INT_MAX)), 1};
+  // One split runs from the first visible key to the token; the partition only has to be
+  // positive.
+  constexpr SplitPlan single{INT_MAX, 1};
   if (p.n > kMaxSplitTokens || span <= kSplitPartition) return single;
   int64_t partition = kSplitPartition;
   if (span > static_cast<int64_t>(kMaxSplits) * partition) {
@@ -276,12 +278,12 @@ SplitPlan PlanSplits(const PagedAttentionParams& p) {
 // ---- launchers ---------------------------------------------------------------------------
 
 // One block per token; slots must be distinct and inside the cache.
-cudaError_t LaunchKvStore(const PagedKv& cache, const float* k, const float* v,
+cudaError_t LaunchKvStore(const KvLayer& cache, const float* k, const float* v,
                           const int32_t* slots, int n, cudaStream_t stream) {
   if (n < 0 || cache.kv_heads < 0 || cache.head_dim < 0) return cudaErrorInvalidValue;
   const int width = cache.kv_heads * cache.head_dim;
   if (n == 0 || width == 0) return cudaSuccess;
-  return DispatchElementType(cache.type, [&](auto tag) {
+  return DispatchScalarType(cache.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
     kv_store_kernel<T><<<n, 256, 0, stream>>>(k, v, slots, width, static_cast<T*>(cache.k),
                                               static_cast<T*>(cache.v));
@@ -296,8 +298,8 @@ size_t PagedAttentionWorkspaceBytes(int max_tokens, int q_heads, int head_dim) {
 // Assumes every token_pos >= 0 and its keys [FirstVisibleKey, pos] mapped by its row of
 // block_tables (KvStore has run). Shapes: head_dim % 8 == 0 and <= 256; q_heads a multiple
 // of kv_heads with a group of at most 16; kv_heads <= 65535; caches 16-byte aligned.
-cudaError_t LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream) {
-  const PagedKv& c = p.cache;
+cudaError_t LaunchPagedAttention(const AttentionArgs& p, cudaStream_t stream) {
+  const KvLayer& c = p.cache;
   if (p.n < 0 || c.head_dim <= 0 || c.head_dim % 8 != 0 || c.head_dim > kAttnMaxHeadDim ||
       c.kv_heads <= 0 || c.kv_heads > 65535 || p.q_heads % c.kv_heads != 0 ||
       p.q_heads / c.kv_heads < 1 || p.q_heads / c.kv_heads > kAttnMaxGroup || c.block_size <= 0 ||
@@ -315,7 +317,7 @@ cudaError_t LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t str
                                                              plan.splits * c.head_dim);
   }
   const dim3 grid(p.n, c.kv_heads, plan.splits);
-  cudaError_t err = DispatchElementType(c.type, [&](auto tag) {
+  cudaError_t err = DispatchScalarType(c.type, [&](auto tag) {
     using KV = typename decltype(tag)::type;
     paged_attention_kernel<KV>
         <<<grid, kAttnThreads, 0, stream>>>(p, plan.partition, partial_acc, partial_ml);

@@ -1,7 +1,6 @@
 // Device byte checksum: a grid-stride reduction of byte[i] * (i % 65521 + 1).
 #include <cuda_runtime.h>
 
-#define EMBER_HAVE_CUDA 1
 #include "kernels/checksum.h"
 
 namespace ember::kernels {

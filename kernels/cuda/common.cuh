@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/cuda/ops.h"
 
@@ -24,13 +25,13 @@ struct TypeTag {
 
 // Calls f(TypeTag<T>{}) with the C++ type of `type`: float, __half or __nv_bfloat16.
 template <typename F>
-cudaError_t DispatchElementType(ElementType type, F&& f) {
+cudaError_t DispatchScalarType(ScalarType type, F&& f) {
   switch (type) {
-    case ElementType::kF32:
+    case ScalarType::kF32:
       return f(TypeTag<float>{});
-    case ElementType::kF16:
+    case ScalarType::kF16:
       return f(TypeTag<__half>{});
-    case ElementType::kBF16:
+    case ScalarType::kBF16:
       return f(TypeTag<__nv_bfloat16>{});
   }
   return cudaErrorInvalidValue;
@@ -55,7 +56,8 @@ __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
 
-// Round to nearest even, bit-exact with FloatToBf16 / FloatToF16 in kernels/types.h.
+// Round to nearest even, bit-exact with FloatToBf16 / FloatToF16 in kernels/types.h except
+// NaN payloads.
 template <typename T>
 __device__ __forceinline__ T FromFloat(float v);
 template <>
@@ -127,15 +129,29 @@ __device__ __forceinline__ void Load8(const T* p, float (&out)[8]) {
 // Butterfly (xor) reductions: every lane ends with the result, and the order of operations
 // is fixed, so float sums are the same from run to run.
 
+// The reductions' operators, each with its identity (for max and min the lowest and highest
+// value, -inf and +inf for floating point); max and min are CUDA's, fmaxf / fminf for float.
+template <typename T>
 struct SumOp {
-  using Value = float;
-  static constexpr float kIdentity = 0.0f;
-  __device__ float operator()(float a, float b) const { return a + b; }
+  using Value = T;
+  static constexpr T kIdentity = T{0};
+  __device__ T operator()(T a, T b) const { return a + b; }
 };
+template <typename T>
 struct MaxOp {
-  using Value = float;
-  static constexpr float kIdentity = -__builtin_huge_valf();
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+  using Value = T;
+  static constexpr T kIdentity = std::numeric_limits<T>::has_infinity
+                                     ? -std::numeric_limits<T>::infinity()
+                                     : std::numeric_limits<T>::lowest();
+  __device__ T operator()(T a, T b) const { return max(a, b); }
+};
+template <typename T>
+struct MinOp {
+  using Value = T;
+  static constexpr T kIdentity = std::numeric_limits<T>::has_infinity
+                                     ? std::numeric_limits<T>::infinity()
+                                     : std::numeric_limits<T>::max();
+  __device__ T operator()(T a, T b) const { return min(a, b); }
 };
 
 template <typename Op>
@@ -144,8 +160,8 @@ __device__ __forceinline__ typename Op::Value WarpReduce(typename Op::Value v, O
   for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
-__device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp{}); }
-__device__ __forceinline__ float WarpMax(float v) { return WarpReduce(v, MaxOp{}); }
+__device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp<float>{}); }
+__device__ __forceinline__ float WarpMax(float v) { return WarpReduce(v, MaxOp<float>{}); }
 
 // Reduction over the whole block, returned to every thread. Every thread must call it;
 // blockDim.x a multiple of 32; scratch holds 32 values and may be reused once it returns.
@@ -162,26 +178,29 @@ __device__ typename Op::Value BlockReduce(typename Op::Value v, Op op,
   return v;
 }
 
+// Inclusive prefix sum over the warp in lane order (every lane of the warp calls it).
+template <typename T>
+__device__ __forceinline__ T WarpInclusiveScan(T v) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const T up = __shfl_up_sync(kFullMask, v, offset);
+    if (lane >= offset) v += up;
+  }
+  return v;
+}
+
 // Inclusive prefix sum over the block in thread order; *total gets the block's sum. Same
 // calling rules as BlockReduce.
 template <typename T>
 __device__ T BlockInclusiveScan(T v, T* scratch, T* total) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warps = static_cast<int>(blockDim.x / 32);
-#pragma unroll
-  for (int offset = 1; offset < 32; offset *= 2) {
-    const T up = __shfl_up_sync(kFullMask, v, offset);
-    if (lane >= offset) v += up;
-  }
+  v = WarpInclusiveScan(v);
   if (lane == 31) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {  // scan of the warp totals
-    T w = lane < warps ? scratch[lane] : T{};
-#pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const T up = __shfl_up_sync(kFullMask, w, offset);
-      if (lane >= offset) w += up;
-    }
+    T w = WarpInclusiveScan(lane < warps ? scratch[lane] : T{});
     if (lane < warps) scratch[lane] = w;
   }
   __syncthreads();

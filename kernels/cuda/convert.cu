@@ -1,53 +1,52 @@
-// Small conversions and copies: ToF32 (norm weights and biases to F32, done once at load)
-// and GatherRows (e.g. the last hidden state of each sequence before the logits).
+// Element conversions: ToF32 (norm weights and biases to F32, done once at load) and the
+// cuBLAS prefill path's activations (F32 to the weights' 16-bit type).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace ember::kernels {
 namespace {
 
-template <typename T>
-__global__ void to_f32_kernel(const T* __restrict__ in,  // [count]
-                              int64_t count,
-                              float* __restrict__ out) {  // [count]
-  for (int64_t i = GlobalThreadIndex(); i < count; i += GlobalThreadCount())
-    out[i] = ToFloat(in[i]);
+// out[i] = in[i] as To, through float (exact for the widening direction).
+template <typename From, typename To>
+__global__ void convert_kernel(const From* __restrict__ in,  // [count]
+                               int64_t count,
+                               To* __restrict__ out) {  // [count]
+  for (int64_t i = GlobalThreadIndex(); i < count; i += GlobalThreadCount()) {
+    out[i] = FromFloat<To>(ToFloat(in[i]));
+  }
 }
 
-// One block per gathered row.
-__global__ void gather_rows_kernel(const float* __restrict__ in,      // [*, width]
-                                   const int32_t* __restrict__ rows,  // [n_rows]
-                                   int width,
-                                   float* __restrict__ out) {  // [n_rows, width]
-  const float* src = in + static_cast<int64_t>(rows[blockIdx.x]) * width;
-  float* dst = out + static_cast<int64_t>(blockIdx.x) * width;
-  for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+template <typename From, typename To>
+cudaError_t LaunchConvert(const From* in, int64_t count, To* out, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  convert_kernel<From, To>
+      <<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(in, count, out);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 // ---- launchers ---------------------------------------------------------------------------
 
-cudaError_t LaunchToF32(const void* in, ElementType type, int64_t count, float* out,
+cudaError_t LaunchToF32(const void* in, ScalarType type, int64_t count, float* out,
                         cudaStream_t stream) {
   if (count < 0) return cudaErrorInvalidValue;
   if (count == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  return DispatchElementType(type, [&](auto tag) {
+  return DispatchScalarType(type, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    to_f32_kernel<T><<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(in), count, out);
-    return cudaGetLastError();
+    return LaunchConvert(static_cast<const T*>(in), count, out, stream);
   });
 }
 
-// Assumes every rows[i] is a valid row of `in`; n_rows up to 2^31 - 1.
-cudaError_t LaunchGatherRows(const float* in, const int32_t* rows, int n_rows, int width,
-                             float* out, cudaStream_t stream) {
-  if (n_rows < 0 || width < 0) return cudaErrorInvalidValue;
-  if (n_rows == 0 || width == 0) return cudaSuccess;
-  gather_rows_kernel<<<n_rows, 256, 0, stream>>>(in, rows, width, out);
-  return cudaGetLastError();
+// F16 or BF16 only (F32 weights multiply the F32 activations directly).
+cudaError_t LaunchConvertActivations(const float* x, int64_t count, ScalarType type, void* out,
+                                     cudaStream_t stream) {
+  if (count < 0 || type == ScalarType::kF32) return cudaErrorInvalidValue;
+  if (count == 0) return cudaSuccess;
+  return DispatchScalarType(type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return LaunchConvert(x, count, static_cast<T*>(out), stream);
+  });
 }
 
 }  // namespace ember::kernels

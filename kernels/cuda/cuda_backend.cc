@@ -1,5 +1,5 @@
 // The CUDA backend: owns the stream, the cuBLAS handle and two private buffers (a pinned
-// staging ring for uploads, the prefill GEMM's converted activations); maps each op of
+// staging buffer for uploads, the prefill GEMM's converted activations); maps each op of
 // kernels/backend.h to its launcher in kernels/cuda/ops.h and remembers the first error.
 #include "kernels/cuda/cuda_backend.h"
 
@@ -10,10 +10,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <deque>
+#include <memory>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,23 +21,6 @@
 namespace ember::kernels {
 namespace {
 
-// The launchers' plain-C++ views of the interface's types must match them bit for bit.
-static_assert(static_cast<int>(ScalarType::kF32) == static_cast<int>(ElementType::kF32) &&
-              static_cast<int>(ScalarType::kF16) == static_cast<int>(ElementType::kF16) &&
-              static_cast<int>(ScalarType::kBF16) == static_cast<int>(ElementType::kBF16));
-static_assert(sizeof(SamplingRow) == sizeof(SamplingParams) &&
-              offsetof(SamplingRow, temperature) == offsetof(SamplingParams, temperature) &&
-              offsetof(SamplingRow, top_k) == offsetof(SamplingParams, top_k) &&
-              offsetof(SamplingRow, top_p) == offsetof(SamplingParams, top_p) &&
-              offsetof(SamplingRow, min_p) == offsetof(SamplingParams, min_p) &&
-              offsetof(SamplingRow, uniform) == offsetof(SamplingParams, uniform));
-
-ElementType ToElement(ScalarType t) { return static_cast<ElementType>(t); }
-
-PagedKv ToPagedKv(const KvLayer& c) {
-  return PagedKv{c.k, c.v, ToElement(c.type), c.block_size, c.kv_heads, c.head_dim};
-}
-
 // A failed runtime call that is not a kernel launch: its error is also left in the runtime's
 // last-error slot, which the next launcher's cudaGetLastError() would blame on its op.
 absl::Status CallFailed(cudaError_t e, absl::string_view what) {
@@ -46,23 +28,54 @@ absl::Status CallFailed(cudaError_t e, absl::string_view what) {
   return absl::InternalError(absl::StrCat("cuda: ", what, ": ", cudaGetErrorString(e)));
 }
 
-// Uploads up to this size go through the pinned staging ring and return without waiting.
+// The backend could not be set up: Unavailable, so `--backend auto` falls back to the CPU.
+absl::Status SetupFailed(absl::string_view what, cudaError_t e) {
+  (void)cudaGetLastError();
+  return absl::UnavailableError(
+      absl::StrCat("backend 'cuda': ", what, " (", cudaGetErrorString(e), ")"));
+}
+
+// Uploads up to this size go through the pinned staging buffer and return without waiting.
 constexpr size_t kStagingBytes = 8 << 20;
 constexpr size_t kStagingAlign = 256;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(cudaStream_t stream, cublasHandle_t cublas, uint8_t* staging)
-      : stream_(stream), cublas_(cublas), staging_(staging) {}
+  CudaBackend() = default;
+
+  // Creates the stream, the cuBLAS handle and the staging buffer, and gives the sampling
+  // kernel its shared memory (once, not per launch). On failure the destructor frees
+  // whatever was created.
+  absl::Status Init() {
+    cudaError_t e = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+      stream_ = nullptr;
+      return SetupFailed("cannot create a stream", e);
+    }
+    cublasStatus_t s = cublasCreate(&cublas_);
+    if (s != CUBLAS_STATUS_SUCCESS) cublas_ = nullptr;
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(cublas_, stream_);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+      return absl::UnavailableError(
+          absl::StrCat("backend 'cuda': cuBLAS: ", cublasGetStatusString(s)));
+    }
+    void* staging = nullptr;
+    if ((e = cudaHostAlloc(&staging, kStagingBytes, cudaHostAllocDefault)) != cudaSuccess) {
+      return SetupFailed(absl::StrCat("cannot pin ", kStagingBytes, " bytes of staging memory"), e);
+    }
+    staging_ = static_cast<uint8_t*>(staging);
+    if ((e = PrepareSampleKernel()) != cudaSuccess) {
+      return SetupFailed("cannot give the sampling kernel its shared memory", e);
+    }
+    return absl::OkStatus();
+  }
 
   ~CudaBackend() override {
-    cudaStreamSynchronize(stream_);
-    for (const StagedCopy& c : in_flight_) cudaEventDestroy(c.done);
-    for (cudaEvent_t e : spare_events_) cudaEventDestroy(e);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     cudaFree(gemm_x_);
-    cudaFreeHost(staging_);
-    cublasDestroy(cublas_);
-    cudaStreamDestroy(stream_);
+    if (staging_ != nullptr) cudaFreeHost(staging_);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
   absl::string_view name() const override { return "cuda"; }
@@ -94,39 +107,28 @@ class CudaBackend final : public Backend {
   }
 
   // Small uploads (a step's token ids, positions, block tables) are copied into the pinned
-  // staging ring and enqueued; the caller's buffer is free on return and nothing waits
-  // unless the ring wraps onto a copy still in flight. Larger ones (weights at load time)
-  // copy from the caller's memory and wait for the stream.
+  // staging buffer at the next free offset and enqueued; the caller's buffer is free on
+  // return. The buffer empties at every wait for the stream (each step's Download); only an
+  // upload that no longer fits waits first. Larger ones (weights at load time) copy from the
+  // caller's memory and wait for the stream.
   absl::Status Upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return absl::OkStatus();
     if (bytes > kStagingBytes) {
       cudaError_t e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_);
-      if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);
+      if (e == cudaSuccess) e = WaitForStream();
       if (e != cudaSuccess) return CallFailed(e, absl::StrCat("upload of ", bytes, " bytes"));
       return absl::OkStatus();
     }
-    cudaEvent_t done = nullptr;
-    if (!spare_events_.empty()) {
-      done = spare_events_.back();
-      spare_events_.pop_back();
-    } else if (cudaError_t e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-               e != cudaSuccess) {
-      return CallFailed(e, "cudaEventCreate");
+    if (staging_used_ + bytes > kStagingBytes) {
+      if (const cudaError_t e = WaitForStream(); e != cudaSuccess) {
+        return CallFailed(e, "waiting for staged uploads");
+      }
     }
-    absl::StatusOr<size_t> at = ReserveStaging(bytes);
-    if (!at.ok()) {
-      spare_events_.push_back(done);
-      return at.status();
-    }
-    std::memcpy(staging_ + *at, host_src, bytes);
-    cudaError_t e = cudaMemcpyAsync(dst, staging_ + *at, bytes, cudaMemcpyHostToDevice, stream_);
-    if (e == cudaSuccess) e = cudaEventRecord(done, stream_);
-    if (e != cudaSuccess) {
-      spare_events_.push_back(done);
-      (void)cudaStreamSynchronize(stream_);  // without a fence, free the staging bytes now
-      return CallFailed(e, absl::StrCat("upload of ", bytes, " bytes"));
-    }
-    in_flight_.push_back(StagedCopy{*at, *at + bytes, done});
+    uint8_t* at = staging_ + staging_used_;
+    std::memcpy(at, host_src, bytes);
+    const cudaError_t e = cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, stream_);
+    if (e != cudaSuccess) return CallFailed(e, absl::StrCat("upload of ", bytes, " bytes"));
+    staging_used_ = (staging_used_ + bytes + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
     return absl::OkStatus();
   }
 
@@ -135,12 +137,11 @@ class CudaBackend final : public Backend {
       Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
             [&] { return absl::StrCat("download of ", bytes, " bytes"); });
     }
-    Check(cudaStreamSynchronize(stream_), [] { return "an op on the stream failed"; });
-    return TakeError();
+    return Synchronize();
   }
 
   absl::Status Synchronize() override {
-    Check(cudaStreamSynchronize(stream_), [] { return "an op on the stream failed"; });
+    Check(WaitForStream(), [] { return "an op on the stream failed"; });
     return TakeError();
   }
 
@@ -153,12 +154,12 @@ class CudaBackend final : public Backend {
   // ---- ops ----------------------------------------------------------------------------
 
   void ToF32(const Matrix& m, float* out) override {
-    Check(LaunchToF32(m.data, ToElement(m.type), m.rows * m.cols, out, stream_),
+    Check(LaunchToF32(m.data, m.type, m.rows * m.cols, out, stream_),
           [&] { return absl::StrCat("ToF32 [", m.rows, ", ", m.cols, "]"); });
   }
 
   void Embed(const Matrix& table, const int32_t* ids, int n, float* out) override {
-    Check(LaunchEmbed(table.data, ToElement(table.type), table.cols, ids, n, out, stream_),
+    Check(LaunchEmbed(table.data, table.type, table.cols, ids, n, out, stream_),
           [&] { return absl::StrCat("Embed (n=", n, ", hidden=", table.cols, ")"); });
   }
 
@@ -174,8 +175,7 @@ class CudaBackend final : public Backend {
                           ")");
     };
     if (n <= kGemvMaxTokens) {
-      Check(LaunchLinearGemv(x, n, w.data, ToElement(w.type), w.rows, w.cols, bias, y, stream_),
-            describe);
+      Check(LaunchLinearGemv(x, n, w.data, w.type, w.rows, w.cols, bias, y, stream_), describe);
     } else {
       LinearCublas(x, n, w, bias, y, describe);
     }
@@ -196,28 +196,14 @@ class CudaBackend final : public Backend {
 
   void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t* slots,
                int n) override {
-    Check(LaunchKvStore(ToPagedKv(cache), k, v, slots, n, stream_), [&] {
+    Check(LaunchKvStore(cache, k, v, slots, n, stream_), [&] {
       return absl::StrCat("KvStore (n=", n, ", kv_heads=", cache.kv_heads,
                           ", head_dim=", cache.head_dim, ")");
     });
   }
 
   void Attention(const AttentionArgs& a) override {
-    PagedAttentionParams p;
-    p.q = a.q;
-    p.out = a.out;
-    p.cache = ToPagedKv(a.cache);
-    p.block_tables = a.block_tables;
-    p.max_blocks_per_seq = a.max_blocks_per_seq;
-    p.token_seq = a.token_seq;
-    p.token_pos = a.token_pos;
-    p.n = a.n;
-    p.q_heads = a.q_heads;
-    p.scale = a.scale;
-    p.sliding_window = a.sliding_window;
-    p.workspace = a.workspace;
-    p.workspace_bytes = a.workspace_bytes;
-    Check(LaunchPagedAttention(p, stream_), [&] {
+    Check(LaunchPagedAttention(a, stream_), [&] {
       return absl::StrCat("Attention (n=", a.n, ", heads ", a.q_heads, "/", a.cache.kv_heads,
                           ", head_dim=", a.cache.head_dim, ", block_size=", a.cache.block_size,
                           ", cache ", ScalarName(a.cache.type), ")");
@@ -232,19 +218,11 @@ class CudaBackend final : public Backend {
 
   void Sample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
               int32_t* tokens) override {
-    Check(LaunchSample(logits, n_rows, vocab, reinterpret_cast<const SamplingParams*>(rows), tokens,
-                       stream_),
+    Check(LaunchSample(logits, n_rows, vocab, rows, tokens, stream_),
           [&] { return absl::StrCat("Sample (n_rows=", n_rows, ", vocab=", vocab, ")"); });
   }
 
  private:
-  // Staging bytes [begin, end) of an upload whose copy completes with `done`.
-  struct StagedCopy {
-    size_t begin;
-    size_t end;
-    cudaEvent_t done;
-  };
-
   // Keeps the first error until Synchronize() or Download() hands it over. `describe` names
   // the op and its shapes; it runs only on failure.
   template <typename Describe>
@@ -258,38 +236,12 @@ class CudaBackend final : public Backend {
 
   absl::Status TakeError() { return std::exchange(error_, absl::OkStatus()); }
 
-  // Offset of `bytes` free bytes in the staging ring, after the copies that last read them
-  // have completed. Copies complete in stream order, so waiting for the newest overlapping
-  // one retires every copy before it.
-  absl::StatusOr<size_t> ReserveStaging(size_t bytes) {
-    while (!in_flight_.empty()) {  // retire what is already done without waiting
-      const cudaError_t e = cudaEventQuery(in_flight_.front().done);
-      if (e == cudaErrorNotReady) {
-        (void)cudaGetLastError();  // "not ready" is no error; keep it out of the next check
-        break;
-      }
-      if (e != cudaSuccess) return CallFailed(e, "cudaEventQuery on a staged upload");
-      RetireFront();
-    }
-    size_t begin = (staging_head_ + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
-    if (begin + bytes > kStagingBytes) begin = 0;
-    const size_t end = begin + bytes;
-    size_t overlapping = 0;  // 1 + index of the newest overlapping copy
-    for (size_t i = 0; i < in_flight_.size(); ++i) {
-      if (in_flight_[i].begin < end && begin < in_flight_[i].end) overlapping = i + 1;
-    }
-    if (overlapping > 0) {
-      const cudaError_t e = cudaEventSynchronize(in_flight_[overlapping - 1].done);
-      if (e != cudaSuccess) return CallFailed(e, "waiting for a staged upload");
-      while (overlapping-- > 0) RetireFront();
-    }
-    staging_head_ = end;
-    return begin;
-  }
-
-  void RetireFront() {
-    spare_events_.push_back(in_flight_.front().done);
-    in_flight_.pop_front();
+  // Waits for every op on the stream; once it is idle, no copy still reads the staging
+  // buffer, which starts over.
+  cudaError_t WaitForStream() {
+    const cudaError_t e = cudaStreamSynchronize(stream_);
+    if (e == cudaSuccess) staging_used_ = 0;
+    return e;
   }
 
   // The cuBLAS path for prefill-sized n: x is rounded to the weights' 16-bit type in a
@@ -315,8 +267,7 @@ class CudaBackend final : public Backend {
         Check(e, [&] { return absl::StrCat(describe(), ": prefill workspace"); });
         return;
       }
-      Check(LaunchConvertActivations(x, static_cast<int64_t>(n) * k, ToElement(w.type), gemm_x_,
-                                     stream_),
+      Check(LaunchConvertActivations(x, static_cast<int64_t>(n) * k, w.type, gemm_x_, stream_),
             describe);
       const cudaDataType_t t = w.type == ScalarType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
       s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, t, k, gemm_x_, t,
@@ -335,7 +286,7 @@ class CudaBackend final : public Backend {
   // queued ops may still read the old one. Sizes round up to 4 MiB.
   cudaError_t EnsureGemmWorkspace(size_t bytes) {
     if (bytes <= gemm_x_bytes_) return cudaSuccess;
-    cudaError_t e = cudaStreamSynchronize(stream_);
+    cudaError_t e = WaitForStream();
     if (e != cudaSuccess) return e;
     cudaFree(gemm_x_);
     gemm_x_ = nullptr;
@@ -349,14 +300,12 @@ class CudaBackend final : public Backend {
     return cudaSuccess;
   }
 
-  cudaStream_t stream_;
-  cublasHandle_t cublas_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
   absl::Status error_;  // the first failure since the last Synchronize() / Download()
 
-  uint8_t* staging_;  // [kStagingBytes] pinned host memory, used as a ring
-  size_t staging_head_ = 0;
-  std::deque<StagedCopy> in_flight_;  // oldest first
-  std::vector<cudaEvent_t> spare_events_;
+  uint8_t* staging_ = nullptr;  // [kStagingBytes] pinned host memory
+  size_t staging_used_ = 0;     // bytes [0, staging_used_) may still be read by queued copies
 
   void* gemm_x_ = nullptr;  // [n, cols] of the weights' 16-bit type, prefill only
   size_t gemm_x_bytes_ = 0;
@@ -367,48 +316,20 @@ class CudaBackend final : public Backend {
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return absl::UnavailableError(absl::StrCat("backend 'cuda': no usable CUDA device or driver (",
-                                               cudaGetErrorString(e), ")"));
-  }
+  if (e != cudaSuccess) return SetupFailed("no usable CUDA device or driver", e);
   if (count == 0) return absl::UnavailableError("backend 'cuda': no CUDA device");
   cudaDeviceProp prop;
   if ((e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
-    return absl::UnavailableError(
-        absl::StrCat("backend 'cuda': cannot query GPU 0 (", cudaGetErrorString(e), ")"));
+    return SetupFailed("cannot query GPU 0", e);
   }
   if (prop.major < 8) {
     return absl::UnavailableError(absl::StrCat("backend 'cuda': ", prop.name,
                                                " has compute capability ", prop.major, ".",
                                                prop.minor, "; Ember's kernels need 8.0 or newer"));
   }
-  cudaStream_t stream = nullptr;
-  if ((e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking)) != cudaSuccess) {
-    return absl::UnavailableError(
-        absl::StrCat("backend 'cuda': cannot create a stream (", cudaGetErrorString(e), ")"));
-  }
-  cublasHandle_t cublas = nullptr;
-  cublasStatus_t s = cublasCreate(&cublas);
-  if (s == CUBLAS_STATUS_SUCCESS &&
-      (s = cublasSetStream(cublas, stream)) != CUBLAS_STATUS_SUCCESS) {
-    cublasDestroy(cublas);
-  }
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    cudaStreamDestroy(stream);
-    return absl::UnavailableError(
-        absl::StrCat("backend 'cuda': cuBLAS: ", cublasGetStatusString(s)));
-  }
-  void* staging = nullptr;
-  if ((e = cudaHostAlloc(&staging, kStagingBytes, cudaHostAllocDefault)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    cublasDestroy(cublas);
-    cudaStreamDestroy(stream);
-    return absl::UnavailableError(absl::StrCat("backend 'cuda': cannot pin ", kStagingBytes,
-                                               " bytes of staging memory (", cudaGetErrorString(e),
-                                               ")"));
-  }
-  return std::make_unique<CudaBackend>(stream, cublas, static_cast<uint8_t*>(staging));
+  auto backend = std::make_unique<CudaBackend>();
+  if (absl::Status s = backend->Init(); !s.ok()) return s;
+  return backend;
 }
 
 }  // namespace ember::kernels

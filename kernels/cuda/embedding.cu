@@ -1,4 +1,6 @@
-// Embedding lookup: gathers one table row per token and converts it to F32.
+// Row gathers: the embedding lookup (one table row per token, converted to F32) and
+// GatherRows (e.g. the last hidden state of each sequence before the logits), the same
+// kernel over an F32 table.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -18,18 +20,25 @@ __global__ void embed_kernel(const T* __restrict__ table,      // [vocab, hidden
 
 }  // namespace
 
-// ---- launcher ----------------------------------------------------------------------------
+// ---- launchers ---------------------------------------------------------------------------
 
-// Assumes ids are valid rows (the tokenizer's range is checked where ids enter the worker).
-cudaError_t LaunchEmbed(const void* table, ElementType type, int64_t hidden, const int32_t* ids,
+// Assumes ids are valid rows (the tokenizer's range is checked where ids enter the worker);
+// n up to 2^31 - 1.
+cudaError_t LaunchEmbed(const void* table, ScalarType type, int64_t hidden, const int32_t* ids,
                         int n, float* out, cudaStream_t stream) {
   if (n < 0 || hidden < 0) return cudaErrorInvalidValue;
   if (n == 0 || hidden == 0) return cudaSuccess;
-  return DispatchElementType(type, [&](auto tag) {
+  return DispatchScalarType(type, [&](auto tag) {
     using T = typename decltype(tag)::type;
     embed_kernel<T><<<n, 256, 0, stream>>>(static_cast<const T*>(table), ids, hidden, out);
     return cudaGetLastError();
   });
+}
+
+// Assumes every rows[i] is a valid row of `in`.
+cudaError_t LaunchGatherRows(const float* in, const int32_t* rows, int n_rows, int width,
+                             float* out, cudaStream_t stream) {
+  return LaunchEmbed(in, ScalarType::kF32, width, rows, n_rows, out, stream);
 }
 
 }  // namespace ember::kernels

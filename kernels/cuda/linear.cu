@@ -1,5 +1,6 @@
 // Linear layers y = x · Wᵀ (+ bias) for decode: Ember's skinny GEMM over BF16/F16/F32
-// weights, plus the two small kernels the cuBLAS prefill path (in cuda_backend.cc) needs.
+// weights, plus the bias add of the cuBLAS prefill path (in cuda_backend.cc; its activations
+// are converted by convert.cu).
 #include <climits>
 
 #include "kernels/cuda/common.cuh"
@@ -127,15 +128,6 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
 }
 
-template <typename T>
-__global__ void convert_activations_kernel(const float* __restrict__ x,  // [count]
-                                           int64_t count,
-                                           T* __restrict__ out) {  // [count]
-  for (int64_t i = GlobalThreadIndex(); i < count; i += GlobalThreadCount()) {
-    out[i] = FromFloat<T>(x[i]);
-  }
-}
-
 __global__ void add_bias_kernel(float* __restrict__ y,           // [n, rows]
                                 const float* __restrict__ bias,  // [rows]
                                 int64_t count, int64_t rows) {
@@ -165,7 +157,7 @@ cudaError_t LaunchGemvTiles(const float* x, int n, const W* w, int64_t rows, int
 // Tiles of 8 tokens (fewer when n < 8: 1, 2 or 4); every tile is one grid row, so tiles run
 // concurrently and the weights of the second and later tiles mostly come from L2. Assumes
 // rows and cols below 2^31, n below 8 * 65536, and x rows of cols floats.
-cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ElementType type, int64_t rows,
+cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ScalarType type, int64_t rows,
                              int64_t cols, const float* bias, float* y, cudaStream_t stream) {
   if (n < 0 || rows < 0 || cols < 0 || rows > INT_MAX || cols > INT_MAX ||
       (n + kGemvMaxTileTokens - 1) / kGemvMaxTileTokens > 65535) {
@@ -174,7 +166,7 @@ cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ElementType t
   if (n == 0 || rows == 0) return cudaSuccess;
   const int tile = n >= 5 ? 8 : n >= 3 ? 4 : n;
   const int c = static_cast<int>(cols);
-  return DispatchElementType(type, [&](auto tag) {
+  return DispatchScalarType(type, [&](auto tag) {
     using W = typename decltype(tag)::type;
     const W* wt = static_cast<const W*>(w);
     switch (tile) {
@@ -187,20 +179,6 @@ cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ElementType t
       default:
         return LaunchGemvTiles<W, 8>(x, n, wt, rows, c, bias, y, stream);
     }
-  });
-}
-
-// F16 or BF16 only (F32 weights multiply the F32 activations directly).
-cudaError_t LaunchConvertActivations(const float* x, int64_t count, ElementType type, void* out,
-                                     cudaStream_t stream) {
-  if (count < 0 || type == ElementType::kF32) return cudaErrorInvalidValue;
-  if (count == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  return DispatchElementType(type, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    convert_activations_kernel<T><<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(
-        x, count, static_cast<T*>(out));
-    return cudaGetLastError();
   });
 }
 

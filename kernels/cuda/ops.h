@@ -1,7 +1,7 @@
-// Launchers of Ember's CUDA kernels, one group per .cu file. Plain C++ (no absl) so that
-// nvcc compiles the kernels and g++ compiles cuda_backend.cc against one declaration. Every
-// launcher enqueues on `stream` and returns cudaGetLastError(); a shape it does not support
-// returns cudaErrorInvalidValue with nothing enqueued. All pointers are device pointers.
+// Launchers of Ember's CUDA kernels, one group per .cu file, over the interface's own types
+// (kernels/types.h, plain C++17 that nvcc compiles too). Every launcher enqueues on `stream`
+// and returns cudaGetLastError(); a shape it does not support returns cudaErrorInvalidValue
+// with nothing enqueued. All pointers are device pointers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,24 +9,25 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace ember::kernels {
+#include "kernels/types.h"
 
-// Element types of weights and KV caches, numbered as ScalarType in kernels/types.h (which
-// the .cu files cannot include: it pulls in absl); cuda_backend.cc checks that they agree.
-enum class ElementType : uint8_t { kF32, kF16, kBF16 };
+namespace ember::kernels {
 
 // ---- convert.cu ------------------------------------------------------------------------
 // out[count] = in[count] converted to F32.
-cudaError_t LaunchToF32(const void* in, ElementType type, int64_t count, float* out,
+cudaError_t LaunchToF32(const void* in, ScalarType type, int64_t count, float* out,
                         cudaStream_t stream);
-// out[i, width] = in[rows[i], width] for i < n_rows.
-cudaError_t LaunchGatherRows(const float* in, const int32_t* rows, int n_rows, int width,
-                             float* out, cudaStream_t stream);
+// out[count] = x[count] rounded to `type` (F16 or BF16): the cuBLAS path's activations.
+cudaError_t LaunchConvertActivations(const float* x, int64_t count, ScalarType type, void* out,
+                                     cudaStream_t stream);
 
 // ---- embedding.cu ----------------------------------------------------------------------
 // out[n, hidden] = table[ids[t], hidden] in F32; ids must be valid rows of the table.
-cudaError_t LaunchEmbed(const void* table, ElementType type, int64_t hidden, const int32_t* ids,
+cudaError_t LaunchEmbed(const void* table, ScalarType type, int64_t hidden, const int32_t* ids,
                         int n, float* out, cudaStream_t stream);
+// out[i, width] = in[rows[i], width] for i < n_rows.
+cudaError_t LaunchGatherRows(const float* in, const int32_t* rows, int n_rows, int width,
+                             float* out, cudaStream_t stream);
 
 // ---- rmsnorm.cu ------------------------------------------------------------------------
 // residual[n, hidden] += x (x may be null); out = residual * rsqrt(mean(residual²) + eps) *
@@ -51,66 +52,30 @@ cudaError_t LaunchSwiGlu(const float* gate, const float* up, int64_t count, floa
 constexpr int kGemvMaxTokens = 16;
 // y[n, rows] = x[n, cols] · w[rows, cols]ᵀ (+ bias[rows] when not null), FP32 accumulation.
 // Any n works; rows and cols up to 2^31 - 1.
-cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ElementType type, int64_t rows,
+cudaError_t LaunchLinearGemv(const float* x, int n, const void* w, ScalarType type, int64_t rows,
                              int64_t cols, const float* bias, float* y, cudaStream_t stream);
-// out[count] = x[count] rounded to `type` (F16 or BF16): the cuBLAS path's activations.
-cudaError_t LaunchConvertActivations(const float* x, int64_t count, ElementType type, void* out,
-                                     cudaStream_t stream);
 // y[n, rows] += bias[rows].
 cudaError_t LaunchAddBias(float* y, const float* bias, int n, int64_t rows, cudaStream_t stream);
 
 // ---- attention.cu ----------------------------------------------------------------------
-// One layer of the paged KV cache; k and v are [slots, kv_heads, head_dim] of `type`.
-struct PagedKv {
-  void* k = nullptr;
-  void* v = nullptr;
-  ElementType type = ElementType::kF32;
-  int block_size = 16;
-  int kv_heads = 0;
-  int head_dim = 0;
-};
-
 // Writes k, v [n, kv_heads, head_dim] (F32) into the cache at slots[n], converting to its
 // type.
-cudaError_t LaunchKvStore(const PagedKv& cache, const float* k, const float* v,
+cudaError_t LaunchKvStore(const KvLayer& cache, const float* k, const float* v,
                           const int32_t* slots, int n, cudaStream_t stream);
-
-// AttentionArgs of kernels/backend.h, with the cache as a PagedKv.
-struct PagedAttentionParams {
-  const float* q = nullptr;  // [n, q_heads, head_dim]
-  float* out = nullptr;      // [n, q_heads, head_dim]
-  PagedKv cache;
-  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
-  int max_blocks_per_seq = 0;
-  const int32_t* token_seq = nullptr;  // [n]
-  const int32_t* token_pos = nullptr;  // [n]
-  int n = 0;
-  int q_heads = 0;
-  float scale = 0;
-  int sliding_window = 0;
-  void* workspace = nullptr;  // split-K partials; see PagedAttentionWorkspaceBytes
-  size_t workspace_bytes = 0;
-};
 
 // Bytes of workspace that let every batch of up to max_tokens tokens use split-K. With less
 // (or none), Attention still runs, one block per token and kv head over the whole context.
 size_t PagedAttentionWorkspaceBytes(int max_tokens, int q_heads, int head_dim);
 // Supports head_dim a multiple of 8 up to 256, q_heads / kv_heads (a whole number) up to 16,
-// and n up to 2^31 - 1 tokens; caches 16-byte aligned.
-cudaError_t LaunchPagedAttention(const PagedAttentionParams& p, cudaStream_t stream);
+// and n up to 2^31 - 1 tokens; caches 16-byte aligned. Split-K partials go in p.workspace.
+cudaError_t LaunchPagedAttention(const AttentionArgs& p, cudaStream_t stream);
 
 // ---- sampling.cu -----------------------------------------------------------------------
-// Layout of SamplingRow (kernels/backend.h); cuda_backend.cc checks that they agree.
-struct SamplingParams {
-  float temperature;
-  int32_t top_k;
-  float top_p;
-  float min_p;
-  float uniform;
-};
-
+// Opts the sampling kernel into the shared memory it needs (above the default 48 KiB), on
+// the current device. Once, before any LaunchSample; fails where the device cannot run it.
+cudaError_t PrepareSampleKernel();
 // tokens[s] = the token chosen from logits[s, vocab] by rows[s] (SamplingRow semantics).
-cudaError_t LaunchSample(const float* logits, int n_rows, int vocab, const SamplingParams* rows,
+cudaError_t LaunchSample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
                          int32_t* tokens, cudaStream_t stream);
 
 }  // namespace ember::kernels

@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kRmsNormThreads)
     }
     sum += r * r;
   }
-  sum = BlockReduce(sum, SumOp{}, scratch);
+  sum = BlockReduce(sum, SumOp<float>{}, scratch);
   // 1/sqrtf rather than rsqrtf: correctly rounded, once per row.
   const float inv = 1.0f / sqrtf(sum / static_cast<float>(hidden) + eps);
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {

@@ -1,5 +1,5 @@
 // Token sampling on the device, one block per sequence, following SamplingRow's rules in
-// kernels/backend.h: greedy, temperature, top-k, top-p, min-p, then an inverse-CDF draw in
+// kernels/types.h: greedy, temperature, top-k, top-p, min-p, then an inverse-CDF draw in
 // vocabulary order. Every sum has a fixed order, so a row's token never depends on timing.
 #include <climits>
 #include <cmath>
@@ -12,29 +12,13 @@ namespace {
 
 constexpr int kSampleThreads = 1024;
 // Top-p works on the tokens that can still be in its set (TopPFloor), compacted into shared
-// memory (token, weight) when they fit: 12288 of them, 96 KiB (sm_80 allows 163 KiB per
-// block). More than that (a very flat distribution) falls back to passes over the row.
-constexpr int kCandidateCap = 12288;
+// memory (token, weight) when they fit: 11264 of them, 88 KiB. More than that (a very flat
+// distribution) falls back to passes over the row. TopPFloor's per-warp histograms use the
+// same bytes first: 32 warps x 256 u64, 64 KiB, so the cap stays at least 8192.
+constexpr int kCandidateCap = 11264;
 constexpr size_t kCandidateBytes = kCandidateCap * (sizeof(int) + sizeof(float));
-
-// Sums of weights are kept in double: the CPU reference sums in double, and a float running
-// sum over 10^5 tokens drifts by a good fraction of one token's weight, enough to move the
-// drawn token.
-struct DoubleSumOp {
-  using Value = double;
-  static constexpr double kIdentity = 0.0;
-  __device__ double operator()(double a, double b) const { return a + b; }
-};
-struct MinIntOp {
-  using Value = int;
-  static constexpr int kIdentity = INT_MAX;
-  __device__ int operator()(int a, int b) const { return min(a, b); }
-};
-struct MaxIntOp {
-  using Value = int;
-  static constexpr int kIdentity = -1;
-  __device__ int operator()(int a, int b) const { return max(a, b); }
-};
+static_assert(kCandidateBytes >= (kSampleThreads / 32) * 256 * sizeof(unsigned long long),
+              "TopPFloor's histograms live in the candidate buffer");
 
 // Shared memory every phase uses.
 struct SampleShared {
@@ -46,6 +30,10 @@ struct SampleShared {
   int found_bin;                 // HighestBinReaching's answer
   unsigned found_above;
 };
+// Dynamic plus static shared memory within the 99 KiB per block of sm_86, sm_89 and sm_120
+// GPUs (A10, A40, L4, L40S, RTX 30xx-50xx); sm_80 and sm_90 allow more.
+static_assert(kCandidateBytes + sizeof(SampleShared) <= 99 * 1024,
+              "the sampling kernel's shared memory must fit sm_86/89/120's 99 KiB per block");
 
 // ---- greedy --------------------------------------------------------------------------------
 
@@ -94,13 +82,7 @@ __device__ void HighestBinReaching(const T* bins, T need, int* bin, T* above) {
   T count[8], own = 0;
 #pragma unroll
   for (int q = 0; q < 8; ++q) own += count[q] = bins[255 - 8 * lane - q];
-  T before = own;  // the inclusive scan, then exclusive: the sum of the bins above this lane's
-#pragma unroll
-  for (int offset = 1; offset < 32; offset *= 2) {
-    const T up = __shfl_up_sync(kFullMask, before, offset);
-    if (lane >= offset) before += up;
-  }
-  before -= own;
+  T before = WarpInclusiveScan(own) - own;  // exclusive: the sum of the bins above this lane's
   if (lane == 0) *bin = -1;
   __syncwarp();
   if (before < need && need <= before + own) {
@@ -191,6 +173,9 @@ struct CandidateView {
   __device__ float weight(int i) const { return weights[i]; }
 };
 
+// Sums of weights are kept in double: the CPU reference sums in double, and a float running
+// sum over 10^5 tokens drifts by a good fraction of one token's weight, enough to move the
+// drawn token.
 template <typename View>
 __device__ double SumWeights(const View& view, float at_least, SampleShared& sh) {
   double sum = 0;
@@ -198,7 +183,7 @@ __device__ double SumWeights(const View& view, float at_least, SampleShared& sh)
     const float w = view.weight(i);
     if (w >= at_least) sum += w;
   }
-  return BlockReduce(sum, DoubleSumOp{}, sh.dscratch);
+  return BlockReduce(sum, SumOp<double>{}, sh.dscratch);
 }
 
 // A lower bound on the top-p threshold t*, from one pass, to keep the candidates few: each
@@ -263,8 +248,8 @@ __device__ int DrawToken(const View& view, float threshold, float uniform, Sampl
       last = i;
     }
   }
-  total = BlockReduce(total, DoubleSumOp{}, sh.dscratch);
-  last = BlockReduce(last, MaxIntOp{}, sh.iscratch);
+  total = BlockReduce(total, SumOp<double>{}, sh.dscratch);
+  last = BlockReduce(last, MaxOp<int>{}, sh.iscratch);
   const double target = static_cast<double>(uniform) * total;
   double running = 0;  // kept weight before the tile
   for (int base = 0; base < view.size(); base += blockDim.x) {
@@ -274,7 +259,7 @@ __device__ int DrawToken(const View& view, float threshold, float uniform, Sampl
     double tile_total;
     const double prefix = BlockInclusiveScan(w, sh.dscratch, &tile_total);
     const int hit =
-        BlockReduce(w > 0 && running + prefix > target ? i : INT_MAX, MinIntOp{}, sh.iscratch);
+        BlockReduce(w > 0 && running + prefix > target ? i : INT_MAX, MinOp<int>{}, sh.iscratch);
     if (hit != INT_MAX) return view.token(hit);
     running += tile_total;
   }
@@ -299,12 +284,12 @@ __device__ int FinishTopP(const View& view, double target, float min_weight, flo
 __global__ void __launch_bounds__(kSampleThreads, 1)
     sample_kernel(const float* __restrict__ logits,  // [n_rows, vocab]
                   int vocab,
-                  const SamplingParams* __restrict__ rows,  // [n_rows]
-                  int32_t* __restrict__ tokens) {           // [n_rows]
+                  const SamplingRow* __restrict__ rows,  // [n_rows]
+                  int32_t* __restrict__ tokens) {        // [n_rows]
   // The compacted top-p candidates: int tokens[kCandidateCap], then float weights[...].
   extern __shared__ __align__(16) unsigned char candidate_bytes[];
   __shared__ SampleShared sh;
-  const SamplingParams r = rows[blockIdx.x];
+  const SamplingRow r = rows[blockIdx.x];
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   const int tid = threadIdx.x;
 
@@ -316,7 +301,7 @@ __global__ void __launch_bounds__(kSampleThreads, 1)
     for (int j = tid; j < vocab; j += blockDim.x) {
       max_score = fmaxf(max_score, row[j] / r.temperature);
     }
-    max_score = BlockReduce(max_score, MaxOp{}, sh.fscratch);
+    max_score = BlockReduce(max_score, MaxOp<float>{}, sh.fscratch);
     const float top_k_min = (r.top_k > 0 && r.top_k < vocab)
                                 ? KthLargestScore(row, vocab, r.temperature, r.top_k, sh)
                                 : -INFINITY;
@@ -361,17 +346,19 @@ __global__ void __launch_bounds__(kSampleThreads, 1)
 
 }  // namespace
 
-// ---- launcher ------------------------------------------------------------------------------
+// ---- launchers -----------------------------------------------------------------------------
+
+// Above 48 KiB of dynamic shared memory needs an opt-in, once per device.
+cudaError_t PrepareSampleKernel() {
+  return cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(kCandidateBytes));
+}
 
 // Any vocab >= 1; n_rows up to 2^31 - 1.
-cudaError_t LaunchSample(const float* logits, int n_rows, int vocab, const SamplingParams* rows,
+cudaError_t LaunchSample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
                          int32_t* tokens, cudaStream_t stream) {
   if (n_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (n_rows == 0) return cudaSuccess;
-  // Above 48 KiB of dynamic shared memory needs an opt-in (cheap; repeated calls are fine).
-  cudaError_t err = cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kCandidateBytes));
-  if (err != cudaSuccess) return err;
   sample_kernel<<<n_rows, kSampleThreads, kCandidateBytes, stream>>>(logits, vocab, rows, tokens);
   return cudaGetLastError();
 }

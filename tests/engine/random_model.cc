@@ -1,7 +1,6 @@
 // Random in-memory models for the engine tests.
 #include "tests/engine/random_model.h"
 
-#include <cstring>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -30,20 +29,16 @@ RandomModel MakeRandomModel(const worker::ModelConfig& c, loader::Dtype dtype, u
   m.config = c;
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, scale);
+  const kernels::ScalarType type = dtype == loader::Dtype::kF32    ? kernels::ScalarType::kF32
+                                   : dtype == loader::Dtype::kBF16 ? kernels::ScalarType::kBF16
+                                                                   : kernels::ScalarType::kF16;
   auto add = [&](const std::string& name, std::vector<uint64_t> shape, float offset) {
     uint64_t count = 1;
     for (uint64_t d : shape) count *= d;
-    const size_t elem = dtype == loader::Dtype::kF32 ? 4 : 2;
-    std::vector<uint8_t> bytes(count * elem);
-    for (uint64_t i = 0; i < count; ++i) {
-      const float v = offset + normal(rng);
-      if (dtype == loader::Dtype::kF32) {
-        std::memcpy(bytes.data() + 4 * i, &v, 4);
-      } else {
-        const uint16_t h = dtype == loader::Dtype::kBF16 ? kernels::FloatToBf16(v) : kernels::FloatToF16(v);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
-    }
+    std::vector<float> values(count);
+    for (float& v : values) v = offset + normal(rng);
+    std::vector<uint8_t> bytes(count * kernels::ScalarBytes(type));
+    kernels::RowFromF32(values.data(), type, static_cast<int64_t>(count), bytes.data());
     m.storage.push_back(std::move(bytes));
     loader::WeightView w;
     w.name = name;

@@ -39,14 +39,12 @@ struct TypedMatrix {
 TypedMatrix MakeMatrix(const std::vector<float>& v, ScalarType type, int64_t rows, int64_t cols) {
   TypedMatrix t;
   t.bytes.resize(v.size() * ScalarBytes(type));
-  t.values.resize(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (type == ScalarType::kF32) {
-      std::memcpy(t.bytes.data() + 4 * i, &v[i], 4);
-      t.values[i] = v[i];
-    } else {
-      const uint16_t h = type == ScalarType::kBF16 ? FloatToBf16(v[i]) : FloatToF16(v[i]);
-      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+  RowFromF32(v.data(), type, static_cast<int64_t>(v.size()), t.bytes.data());
+  t.values = v;
+  if (type != ScalarType::kF32) {  // the values the 16-bit bytes hold, decoded one by one
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint16_t h;
+      std::memcpy(&h, t.bytes.data() + 2 * i, 2);
       t.values[i] = type == ScalarType::kBF16 ? Bf16ToFloat(h) : F16ToFloat(h);
     }
   }

@@ -33,14 +33,7 @@ std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float lo = -1, floa
 // Values as stored in `type` (row-major bytes), and those values back in float.
 std::vector<uint8_t> Encode(const std::vector<float>& v, ScalarType type) {
   std::vector<uint8_t> bytes(v.size() * ScalarBytes(type));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (type == ScalarType::kF32) {
-      std::memcpy(&bytes[i * 4], &v[i], 4);
-    } else {
-      const uint16_t h = type == ScalarType::kBF16 ? FloatToBf16(v[i]) : FloatToF16(v[i]);
-      std::memcpy(&bytes[i * 2], &h, 2);
-    }
-  }
+  RowFromF32(v.data(), type, static_cast<int64_t>(v.size()), bytes.data());
   return bytes;
 }
 
@@ -151,6 +144,8 @@ class CudaBackendTest : public ::testing::Test {
   }
   // `floats` floats of 0xFF bytes (NaN) in both backends.
   Pair Poisoned(size_t floats) { return Both(std::vector<uint32_t>(floats, 0xffffffffu)); }
+  // An op's output of `count` floats, poisoned, with kGuardFloats more after it.
+  Pair PoisonedOutput(size_t count) { return Poisoned(count + kGuardFloats); }
   template <typename T>
   static std::vector<T> Get(Backend& b, const Buffer& buf, size_t count) {
     std::vector<T> out(count);
@@ -161,6 +156,14 @@ class CudaBackendTest : public ::testing::Test {
   // The float outputs of both backends: {cpu, cuda}.
   std::pair<std::vector<float>, std::vector<float>> Results(const Pair& p, size_t count) {
     return {Get<float>(*cpu_, p.cpu, count), Get<float>(*gpu_, p.gpu, count)};
+  }
+  // Results of a PoisonedOutput(count), after checking that the CUDA op left its guard
+  // floats alone.
+  std::pair<std::vector<float>, std::vector<float>> GuardedResults(const Pair& out, size_t count) {
+    auto results = Results(out, count + kGuardFloats);
+    EXPECT_TRUE(PoisonIntact(results.second, count));
+    results.first.resize(count), results.second.resize(count);
+    return results;
   }
   // Runs `op` on the CPU backend, then on the CUDA backend.
   void OnBoth(const std::function<void(Backend&, bool is_gpu)>& op) {
@@ -175,7 +178,7 @@ class CudaBackendTest : public ::testing::Test {
 // ---- memory and errors -----------------------------------------------------------------
 
 TEST_F(CudaBackendTest, UploadsStayOrderedAndLeaveTheHostBufferFree) {
-  // Sizes past the 8 MiB staging ring force it to wrap and wait, and one takes the direct
+  // Sizes past the 8 MiB staging buffer make it fill up and wait, and one takes the direct
   // path; the host buffer is overwritten right after each Upload returns.
   const std::vector<size_t> sizes = {3, 1000, 3 << 20, 777, 5 << 20, 4 << 20, 9 << 20, 12, 2 << 20};
   std::vector<uint8_t> host;
@@ -239,13 +242,11 @@ TEST_F(CudaBackendTest, ToF32IsExactForEveryType) {
     SCOPED_TRACE(ScalarName(type));
     const std::vector<uint8_t> bytes = Encode(RandomFloats(rows * cols, rng_, -70000, 70000), type);
     Pair in = Both(bytes);
-    Pair out = Poisoned(rows * cols + kGuardFloats);
+    Pair out = PoisonedOutput(rows * cols);
     OnBoth([&](Backend& b, bool g) {
       b.ToF32(Matrix{In<void>(in, g), type, rows, cols}, Mut<float>(out, g));
     });
-    auto [want, got] = Results(out, rows * cols + kGuardFloats);
-    EXPECT_TRUE(PoisonIntact(got, rows * cols));
-    want.resize(rows * cols), got.resize(rows * cols);
+    auto [want, got] = GuardedResults(out, rows * cols);
     EXPECT_TRUE(BitwiseEqual(want, got));
     for (size_t i = 0; i < 5; ++i) EXPECT_EQ(got[i], Decode(bytes, type, i));
   }
@@ -260,14 +261,12 @@ TEST_F(CudaBackendTest, EmbedGathersAndConvertsRows) {
       SCOPED_TRACE(absl::StrCat(ScalarName(type), " hidden ", hidden));
       Pair table = Both(Encode(RandomFloats(vocab * hidden, rng_), type));
       Pair id_buf = Both(ids);
-      Pair out = Poisoned(n * hidden + kGuardFloats);
+      Pair out = PoisonedOutput(n * hidden);
       OnBoth([&](Backend& b, bool g) {
         b.Embed(Matrix{In<void>(table, g), type, vocab, hidden}, In<int32_t>(id_buf, g), n,
                 Mut<float>(out, g));
       });
-      auto [want, got] = Results(out, n * hidden + kGuardFloats);
-      EXPECT_TRUE(PoisonIntact(got, n * hidden));
-      want.resize(n * hidden), got.resize(n * hidden);
+      auto [want, got] = GuardedResults(out, n * hidden);
       EXPECT_TRUE(BitwiseEqual(want, got));
     }
   }
@@ -279,13 +278,11 @@ TEST_F(CudaBackendTest, GatherRowsCopiesTheChosenRows) {
   const int n = static_cast<int>(rows.size());
   Pair in = Both(RandomFloats(50 * width, rng_));
   Pair row_buf = Both(rows);
-  Pair out = Poisoned(n * width + kGuardFloats);
+  Pair out = PoisonedOutput(n * width);
   OnBoth([&](Backend& b, bool g) {
     b.GatherRows(In<float>(in, g), In<int32_t>(row_buf, g), n, width, Mut<float>(out, g));
   });
-  auto [want, got] = Results(out, n * width + kGuardFloats);
-  EXPECT_TRUE(PoisonIntact(got, n * width));
-  want.resize(n * width), got.resize(n * width);
+  auto [want, got] = GuardedResults(out, n * width);
   EXPECT_TRUE(BitwiseEqual(want, got));
 }
 
@@ -299,14 +296,12 @@ TEST_F(CudaBackendTest, AddRmsNormMatchesCpuWithAndWithoutResidualInput) {
       Pair x = Both(RandomFloats(n * hidden, rng_));
       Pair residual = Both(RandomFloats(n * hidden, rng_, -3, 3));
       Pair weight = Both(RandomFloats(hidden, rng_, 0.5, 1.5));
-      Pair out = Poisoned(n * hidden + kGuardFloats);
+      Pair out = PoisonedOutput(n * hidden);
       OnBoth([&](Backend& b, bool g) {
         b.AddRmsNorm(with_x ? In<float>(x, g) : nullptr, Mut<float>(residual, g),
                      In<float>(weight, g), n, hidden, 1e-6f, Mut<float>(out, g));
       });
-      auto [want, got] = Results(out, n * hidden + kGuardFloats);
-      EXPECT_TRUE(PoisonIntact(got, n * hidden));
-      want.resize(n * hidden), got.resize(n * hidden);
+      auto [want, got] = GuardedResults(out, n * hidden);
       EXPECT_TRUE(AllNear(want, got, 1e-6, 1e-5));
       auto [want_r, got_r] = Results(residual, n * hidden);
       EXPECT_TRUE(BitwiseEqual(want_r, got_r)) << "the residual after the add";
@@ -404,14 +399,12 @@ TEST_F(CudaBackendTest, LinearMatchesCpuForEveryTypeAndTokenCount) {
       for (int n : {1, 2, 3, 5, 8, 9, 16, 17, 40}) {
         SCOPED_TRACE(absl::StrCat(ScalarName(type), " [", rows, ", ", cols, "] n=", n));
         const bool with_bias = n % 2 == 1;
-        Pair y = Poisoned(n * rows + kGuardFloats);
+        Pair y = PoisonedOutput(n * rows);
         OnBoth([&](Backend& b, bool g) {
           b.Linear(In<float>(x_buf, g), n, Matrix{In<void>(w_buf, g), type, rows, cols},
                    with_bias ? In<float>(bias, g) : nullptr, Mut<float>(y, g));
         });
-        auto [want, got] = Results(y, n * rows + kGuardFloats);
-        EXPECT_TRUE(PoisonIntact(got, n * rows));
-        want.resize(n * rows), got.resize(n * rows);
+        auto [want, got] = GuardedResults(y, n * rows);
         const double rel = LinearTolerance(n, type);
         EXPECT_TRUE(AllWithin(want, got, [&](size_t i) { return 1e-6 + rel * scale[i]; }));
       }
@@ -430,12 +423,12 @@ TEST_F(CudaBackendTest, LinearReadsWeightsAtAnUnalignedAddress) {
     Pair w_buf = Both(w);
     for (int n : {1, 4}) {
       SCOPED_TRACE(absl::StrCat(ScalarName(type), " n=", n));
-      Pair y = Poisoned(n * rows);
+      Pair y = PoisonedOutput(n * rows);
       OnBoth([&](Backend& b, bool g) {
         const auto* data = static_cast<const uint8_t*>(In<void>(w_buf, g)) + ScalarBytes(type);
         b.Linear(In<float>(x_buf, g), n, Matrix{data, type, rows, cols}, nullptr, Mut<float>(y, g));
       });
-      auto [want, got] = Results(y, n * rows);
+      auto [want, got] = GuardedResults(y, n * rows);
       EXPECT_TRUE(AllWithin(want, got, [&](size_t i) { return 1e-6 + 3e-5 * scale[i]; }));
     }
   }
@@ -516,7 +509,8 @@ class CudaAttentionTest : public CudaBackendTest {
     Pair q = Both(RandomFloats(n * c.q_heads * c.head_dim, rng_, -4, 4));
     Pair slot_buf = Both(store_slots), table_buf = Both(tables);
     Pair seq_buf = Both(token_seq), pos_buf = Both(token_pos);
-    Pair out = Poisoned(n * c.q_heads * c.head_dim + kGuardFloats);
+    const size_t count = static_cast<size_t>(n) * c.q_heads * c.head_dim;
+    Pair out = PoisonedOutput(count);
     const size_t workspace_bytes =
         c.workspace ? gpu_->AttentionWorkspaceBytes(n, c.q_heads, c.head_dim) : 0;
     Buffer workspace;
@@ -546,10 +540,7 @@ class CudaAttentionTest : public CudaBackendTest {
       if (g) a.workspace = workspace.data(), a.workspace_bytes = workspace_bytes;
       b.Attention(a);
     });
-    const size_t count = static_cast<size_t>(n) * c.q_heads * c.head_dim;
-    auto [want, got] = Results(out, count + kGuardFloats);
-    EXPECT_TRUE(PoisonIntact(got, count));
-    want.resize(count), got.resize(count);
+    auto [want, got] = GuardedResults(out, count);
     EXPECT_TRUE(AllNear(want, got, 5e-5, 0));
   }
 };

@@ -10,13 +10,9 @@
 
 namespace ember {
 
-// Rewrites "--foo-bar[=v]" to "--foo_bar[=v]" in place (up to "--", after which
-// everything is positional). Returns storage that must outlive argv's use.
-std::vector<std::string> NormalizeFlagSpelling(int argc, char** argv);
-
 // Sets the usage message, shows only flags defined in files whose path contains
-// `flags_file` under --help, normalizes the spelling and parses. Returns the positional
-// arguments, argv[0] first.
+// `flags_file` under --help, rewrites "--foo-bar" to "--foo_bar" (before any "--") and
+// parses. Returns the positional arguments, argv[0] first.
 std::vector<std::string> ParseCli(int argc, char** argv, const char* usage,
                                   absl::string_view flags_file);
 

@@ -103,8 +103,10 @@ absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files,
     if (*listing && !listed.count(name)) return;
     reads.push_back({name, 0, std::nullopt, optional || !*listing});
   };
-  want(kConfig, false);
-  want(kTokenizer, !require_tokenizer);
+  std::vector<std::string> required = {kConfig};
+  if (require_tokenizer) required.push_back(kTokenizer);
+  for (const std::string& name : required) want(name, false);
+  if (!require_tokenizer) want(kTokenizer, true);
   for (const char* name : kOptionalFiles) want(name, true);
   want(kIndex, true);
   if (all_files && *listing) {
@@ -123,8 +125,9 @@ absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files,
   }
 
   std::vector<std::string> missing;
-  if (!m.small_files.count(kConfig)) missing.push_back(kConfig);
-  if (require_tokenizer && !m.small_files.count(kTokenizer)) missing.push_back(kTokenizer);
+  for (const std::string& name : required) {
+    if (!m.small_files.count(name)) missing.push_back(name);
+  }
   auto index_it = m.small_files.find(kIndex);
   std::vector<std::string> weight_names;
   if (index_it != m.small_files.end()) {

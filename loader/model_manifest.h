@@ -33,6 +33,6 @@ struct ModelManifest {
 // `require_tokenizer`, tokenizer.json is fetched when present but may be absent (a
 // model driven by token ids alone, as ember-generate --prompt-ids does).
 absl::StatusOr<ModelManifest> ReadManifest(ObjectStore& store, bool all_files,
-                                           bool require_tokenizer = true);
+                                           bool require_tokenizer);
 
 }  // namespace ember::loader

@@ -60,27 +60,26 @@ class Faults:
     swap_path: str | None = None
     swap_with: str | None = None
 
-    def validate(self) -> None:
-        kinds = [self.reset_after_bytes is not None, self.stall_after_bytes is not None,
-                 self.status is not None, self.slowdown > 0]
-        if sum(kinds) > 1:
+    def kind(self) -> str | None:
+        """The one fault configured ("reset", "stall", "status", "slowdown") or None."""
+        kinds = [name for name, on in (("reset", self.reset_after_bytes is not None),
+                                       ("stall", self.stall_after_bytes is not None),
+                                       ("status", self.status is not None),
+                                       ("slowdown", self.slowdown > 0)) if on]
+        if len(kinds) > 1:
             raise ValueError("choose one of reset-after-bytes, stall-after-bytes, status, slowdown")
+        return kinds[0] if kinds else None
+
+    def validate(self) -> None:
+        self.kind()
         if self.swap_after_requests is not None and not (self.swap_path and self.swap_with):
             raise ValueError("swap-after-requests needs swap-path and swap-with")
 
     def kind_for(self, n: int) -> str | None:
-        """The fault for ranged GET number n (1-based), or None."""
-        if self.slowdown:
-            return "slowdown" if self.fault_skip < n <= self.fault_skip + self.slowdown else None
-        if not self.fault_skip < n <= self.fault_skip + self.fault_requests:
-            return None
-        if self.reset_after_bytes is not None:
-            return "reset"
-        if self.stall_after_bytes is not None:
-            return "stall"
-        if self.status is not None:
-            return "status"
-        return None
+        """The fault for ranged GET number n (1-based), or None. For slowdown, its count
+        takes the place of fault_requests."""
+        count = self.slowdown or self.fault_requests
+        return self.kind() if self.fault_skip < n <= self.fault_skip + count else None
 
 
 @dataclasses.dataclass
@@ -121,6 +120,16 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
         raise ConnectionError("message head too large") from e
 
 
+
+async def _read_exactly(reader: asyncio.StreamReader, n: int, what: str):
+    """Yields exactly n bytes in pieces of at most CHUNK; ConnectionError if the peer closes."""
+    while n:
+        data = await reader.read(min(CHUNK, n))
+        if not data:
+            raise ConnectionError(f"peer closed inside a {what}")
+        n -= len(data)
+        yield data
+
 async def _body_pieces(reader: asyncio.StreamReader, head: _Head, length: int | None):
     """Yields a message body's raw bytes as they arrive: chunked, Content-Length or until EOF."""
     if head.has_token("transfer-encoding", "chunked"):
@@ -134,20 +143,10 @@ async def _body_pieces(reader: asyncio.StreamReader, head: _Head, length: int | 
                     yield line
                     if line == b"\r\n":
                         return
-            remaining = size + 2  # data + CRLF
-            while remaining:
-                data = await reader.read(min(CHUNK, remaining))
-                if not data:
-                    raise ConnectionError("peer closed inside a chunk")
-                remaining -= len(data)
+            async for data in _read_exactly(reader, size + 2, "chunk"):  # data + CRLF
                 yield data
     elif length is not None:
-        remaining = length
-        while remaining:
-            data = await reader.read(min(CHUNK, remaining))
-            if not data:
-                raise ConnectionError("peer closed inside a body")
-            remaining -= len(data)
+        async for data in _read_exactly(reader, length, "body"):
             yield data
     else:
         while data := await reader.read(CHUNK):

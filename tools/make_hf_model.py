@@ -22,11 +22,15 @@ _SMALL = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=2,
               initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None,
               rms_norm_eps=1e-5)
 
+# Full-size shapes: no special tokens (random weights never stop on one), 8k context.
+_BENCH = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None, rms_norm_eps=1e-5,
+              max_position_embeddings=8192, rope_theta=500000.0)
+
 VARIANTS: dict[str, tuple[str, dict]] = {
     # Llama with GQA 4:2, head_dim 64, vocabulary 1000 (1000 % 64 = 40).
     "llama-gqa": ("llama", dict(_SMALL, num_attention_heads=4, num_key_value_heads=2,
                                 vocab_size=1000, max_position_embeddings=512, rope_theta=10000.0)),
-    # Llama 3.1-style rope scaling, GQA 8:2 with head_dim 32 would be unusual; keep 64.
+    # Llama 3.1-style rope scaling, GQA 4:1, head_dim 64.
     "llama3-rope": ("llama", dict(_SMALL, num_attention_heads=4, num_key_value_heads=1,
                                   vocab_size=777, max_position_embeddings=1024,
                                   rope_theta=500000.0,
@@ -46,21 +50,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                  vocab_size=999, max_position_embeddings=512,
                                  use_sliding_window=False)),
     # Benchmark shapes.
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   tie_word_embeddings=True, max_position_embeddings=8192,
-                                   rope_theta=100000.0, rms_norm_eps=1e-5, bos_token_id=None,
-                                   eos_token_id=None, pad_token_id=None)),
-    "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                               tie_word_embeddings=True, max_position_embeddings=8192,
-                               rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=None,
-                               eos_token_id=None, pad_token_id=None)),
-    "llama-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                               max_position_embeddings=8192, rope_theta=500000.0,
-                               rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
-                               pad_token_id=None)),
+    "smollm2-135m": ("llama", dict(_BENCH, hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=100000.0)),
+    "llama-1b": ("llama", dict(_BENCH, hidden_size=2048, intermediate_size=8192,
+                               num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                               vocab_size=128256, tie_word_embeddings=True)),
+    "llama-8b": ("llama", dict(_BENCH, hidden_size=4096, intermediate_size=14336,
+                               num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                               vocab_size=128256)),
 }
 
 
@@ -72,8 +71,8 @@ def make_config(variant: str):
     return cls(**kwargs)
 
 
-def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: int = 0):
-    """Creates the model with transformers, saves it to out_dir and returns it (float32)."""
+def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: int = 0) -> None:
+    """Creates the model with transformers and saves it to out_dir in `dtype`."""
     import torch
     import transformers
     torch.manual_seed(seed)
@@ -92,10 +91,7 @@ def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: 
                 param.copy_(0.1 * torch.randn_like(param))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16}[dtype]
-    model.to(torch_dtype).save_pretrained(out, safe_serialization=True)
-    return model
+    model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,11 +80,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
         return json.loads(f.read(length)), 8 + length
 
 
+def _single_object_header(size_mb: int) -> bytes:
+    return safetensors_header([("data", "U8", [size_mb * MIB])], {"format": "pt"})
+
+
+def single_object_size(size_mb: int) -> int:
+    """The size of the file write_single_object(path, size_mb) writes."""
+    return len(_single_object_header(size_mb)) + size_mb * MIB
+
+
 def write_single_object(path: str | os.PathLike, size_mb: int) -> int:
     """One U8 tensor "data" of size_mb MiB of os.urandom bytes, written in chunks; returns file size."""
     nbytes = size_mb * MIB
     with open(path, "wb") as f:
-        f.write(safetensors_header([("data", "U8", [nbytes])], {"format": "pt"}))
+        f.write(_single_object_header(size_mb))
         remaining = nbytes
         while remaining:
             n = min(WRITE_CHUNK, remaining)

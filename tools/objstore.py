@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import secrets
@@ -189,9 +190,14 @@ class LocalS3:
         return s3_client(endpoint or self.endpoint, self.access_key, self.secret_key, self.region,
                          **config_kwargs)
 
+    @functools.cached_property
+    def _own_client(self):
+        """One client for this server's own calls (make_bucket, put, upload_dir)."""
+        return self.client()
+
     def make_bucket(self, name: str) -> None:
         """Creates bucket `name` (3-63 characters, an rclone rule); existing buckets are fine."""
-        client = self.client()
+        client = self._own_client
         try:
             client.create_bucket(Bucket=name)
         except (client.exceptions.BucketAlreadyExists, client.exceptions.BucketAlreadyOwnedByYou):
@@ -199,7 +205,7 @@ class LocalS3:
 
     def put(self, bucket: str, key: str, data: bytes | str | os.PathLike) -> None:
         """Uploads bytes, or the file at a path, to bucket/key through S3 (multipart when large)."""
-        client = self.client()
+        client = self._own_client
         if isinstance(data, (bytes, bytearray, memoryview)):
             client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
         else:
@@ -217,6 +223,25 @@ class LocalS3:
             self.put(bucket, key, path)
             keys.append(key)
         return keys
+
+
+def place(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Puts a file or directory into a server root before the server starts: hard links (no
+    copy, no PUT), or a copy where the two paths are on different filesystems."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copyfile(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=link_or_copy, dirs_exist_ok=True)
+    else:
+        dest.unlink(missing_ok=True)
+        link_or_copy(src, dest)
 
 
 # --- CLI -------------------------------------------------------------------------------------

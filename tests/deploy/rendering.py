@@ -37,14 +37,15 @@ def values_of(overlay: str, root: Path = K8S) -> dict:
     return load_yaml(root / "overlays" / overlay / "values.yaml")["spec"]
 
 
+def group_of(obj: dict) -> str:
+    """The object's API group ("" for the core group)."""
+    return obj["apiVersion"].rpartition("/")[0]
+
+
 def find(objects: list[dict], kind: str, api_group: str | None = None) -> list[dict]:
     """Objects of a kind; api_group "" is the core group, None any group."""
-    out = []
-    for obj in objects:
-        group = obj["apiVersion"].rpartition("/")[0]
-        if obj["kind"] == kind and (api_group is None or group == api_group):
-            out.append(obj)
-    return out
+    return [obj for obj in objects
+            if obj["kind"] == kind and (api_group is None or group_of(obj) == api_group)]
 
 
 def one(objects: list[dict], kind: str, api_group: str | None = None) -> dict:
@@ -57,7 +58,7 @@ def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
     """(name, pod template) of every workload: the Deployment, or the Knative Service's revision."""
     out = []
     for obj in objects:
-        if obj["kind"] == "Deployment" or (obj["kind"] == "Service" and obj["apiVersion"].startswith("serving.knative.dev/")):
+        if obj["kind"] == "Deployment" or (obj["kind"] == "Service" and group_of(obj) == "serving.knative.dev"):
             out.append((f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]))
     return out
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
-from rendering import (K8S, OVERLAYS, REPO, env_of, find, kustomize, load_yaml, one, pod_templates,
+from rendering import (K8S, OVERLAYS, REPO, env_of, find, group_of, kustomize, load_yaml, one, pod_templates,
                       seconds, values_of, worker_container)
 
 # Oldest Kubernetes the manifests support: native gRPC probes (1.27) and the preStop sleep
@@ -51,10 +51,6 @@ KNATIVE_RESERVED_PORTS = {8008, 8012, 8013, 8022, 9090, 9091}
 
 HEALTH_SERVICE = "ember.v1.Inference"
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
-
-
-def group_of(obj: dict) -> str:
-    return obj["apiVersion"].rpartition("/")[0]
 
 
 def is_custom(obj: dict) -> bool:
@@ -427,7 +423,7 @@ def test_image_is_pinned(rendered, overlay):
 # --- optional node cache --------------------------------------------------------------------
 
 
-def test_node_cache_component_adds_a_host_cache_and_nothing_else(tmp_path):
+def test_node_cache_component_adds_a_host_cache_and_nothing_else(tmp_path, rendered):
     shutil.copytree(K8S, tmp_path / "k8s")
     kustomization = tmp_path / "k8s" / "overlays" / "keda" / "kustomization.yaml"
     document = load_yaml(kustomization)
@@ -447,7 +443,7 @@ def test_node_cache_component_adds_a_host_cache_and_nothing_else(tmp_path):
         if not is_custom(obj):
             kubernetes_validate.validate(obj, MIN_KUBERNETES, strict=True)
     # Apart from the cache, the worker is unchanged (values still applied, restricted settings kept).
-    base = worker_container(one(kustomize(K8S / "overlays" / "keda"), "Deployment")["spec"]["template"])
+    base = worker_container(one(rendered["keda"], "Deployment")["spec"]["template"])
     c = copy.deepcopy(c)
     c["env"] = [e for e in c["env"] if e["name"] != "EMBER_CACHE_DIR"]
     c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != cache_dir]

@@ -136,8 +136,8 @@ def test_every_value_lands_everywhere_it_is_used(tmp_path, overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_values_are_not_repeated_outside_values_yaml(overlay):
     """A knob's value written into another manifest would silently win or drift."""
-    others = [p for p in K8S.rglob("*.yaml") if p.name != "values.yaml"]
+    others = {p: p.read_text() for p in K8S.rglob("*.yaml") if p.name != "values.yaml"}
     for knob, value in leaves(values_of(overlay)):
         if isinstance(value, str) and len(value) >= 4:
-            for other in others:
-                assert value not in other.read_text(), f"{knob} ({value!r}) repeated in {other.relative_to(REPO)}"
+            for other, text in others.items():
+                assert value not in text, f"{knob} ({value!r}) repeated in {other.relative_to(REPO)}"

@@ -32,42 +32,54 @@ TempDir::~TempDir() {
 
 namespace {
 
-std::vector<char*> Argv(const std::vector<std::string>& argv) {
-  std::vector<char*> out;
-  for (const std::string& a : argv) out.push_back(const_cast<char*>(a.c_str()));
-  out.push_back(nullptr);
-  return out;
+// Starts argv with its stdout on a new pipe (and, with `stdin_pipe`, its stdin on
+// another); returns the pid (-1 on failure) and the parent's ends of the pipes.
+pid_t Spawn(const std::vector<std::string>& argv, int* stdout_read, int* stdin_write = nullptr) {
+  int out[2], in[2] = {-1, -1};
+  if (pipe2(out, O_CLOEXEC) != 0) return -1;
+  if (stdin_write != nullptr && pipe2(in, O_CLOEXEC) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return -1;
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (in[0] >= 0) dup2(in[0], STDIN_FILENO);
+    dup2(out[1], STDOUT_FILENO);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(out[1]);
+  *stdout_read = out[0];
+  if (stdin_write != nullptr) {
+    close(in[0]);
+    *stdin_write = in[1];
+  }
+  return pid;
 }
 
 }  // namespace
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
-  int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return;
-  pid_ = fork();
-  if (pid_ == 0) {
-    dup2(in[0], STDIN_FILENO);
-    dup2(out[1], STDOUT_FILENO);
-    std::vector<char*> args = Argv(argv);
-    execvp(args[0], args.data());
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  stdin_fd_ = in[1];
+  int out = -1;
+  pid_ = Spawn(argv, &out, &stdin_fd_);
+  if (pid_ < 0) return;
   // The first line is the JSON hello; wait for it at most 60 s.
   std::string line;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{out[0], POLLIN, 0};
+    pollfd p{out, POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
     char c;
-    const ssize_t n = read(out[0], &c, 1);
+    const ssize_t n = read(out, &c, 1);
     if (n <= 0) break;
     if (c == '\n') break;
     line.push_back(c);
   }
-  close(out[0]);
+  close(out);
   hello_ = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
 }
 
@@ -80,9 +92,9 @@ ChildProcess::~ChildProcess() {
   }
 }
 
-LocalS3::LocalS3(const std::string& root, bool etags)
+LocalS3::LocalS3(const std::string& root)
     : process_({"python3", SourceDir() + "/tools/objstore.py", "serve", "--root", root,
-                "--etag-hash", etags ? "MD5" : "none"}) {}
+                "--etag-hash", "MD5"}) {}
 
 FaultProxy::FaultProxy(const std::string& upstream, const std::vector<std::string>& fault_flags)
     : process_([&] {
@@ -115,21 +127,14 @@ ScopedEnv::~ScopedEnv() {
 }
 
 int RunCommand(const std::vector<std::string>& argv, std::string* stdout_text) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return -1;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    std::vector<char*> args = Argv(argv);
-    execvp(args[0], args.data());
-    _exit(127);
-  }
-  close(out[1]);
+  int out = -1;
+  const pid_t pid = Spawn(argv, &out);
+  if (pid < 0) return -1;
   std::string text;
   char buffer[4096];
   ssize_t n;
-  while ((n = read(out[0], buffer, sizeof(buffer))) > 0) text.append(buffer, n);
-  close(out[0]);
+  while ((n = read(out, buffer, sizeof(buffer))) > 0) text.append(buffer, n);
+  close(out);
   int status = 0;
   waitpid(pid, &status, 0);
   if (stdout_text) *stdout_text = text;

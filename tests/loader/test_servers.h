@@ -47,7 +47,7 @@ class ChildProcess {
 class LocalS3 {
  public:
   // Serves `root` (its subdirectories are buckets) with fresh random credentials.
-  explicit LocalS3(const std::string& root, bool etags = true);
+  explicit LocalS3(const std::string& root);
   bool ok() const { return process_.ok(); }
   std::string endpoint() const { return process_.hello().value("endpoint", ""); }
   std::string access_key() const { return process_.hello().value("access_key", ""); }

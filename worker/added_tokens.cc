@@ -21,7 +21,6 @@ void AddedVocabulary::Add(const AddedToken& token, const std::string& content_fo
   if (t.token_at[node] < 0) {
     t.token_at[node] = static_cast<int32_t>(tokens_.size());
     tokens_.push_back(token);
-    ++t.tokens;
   }
 }
 
@@ -50,7 +49,7 @@ std::vector<TextSegment> AddedVocabulary::Split(absl::string_view text, bool nor
     }
   };
   size_t done = 0;  // end of the last split emitted
-  for (size_t pos = 0; t.tokens > 0 && pos < text.size();) {
+  for (size_t pos = 0; !t.edges.empty() && pos < text.size();) {
     const auto match = LongestAt(t, text, pos);
     if (!match) {
       ++pos;
@@ -61,19 +60,15 @@ std::vector<TextSegment> AddedVocabulary::Split(absl::string_view text, bool nor
     const AddedToken& token = tokens_[match->second];
     pos = stop;  // the search resumes after the match, whatever the rules below decide
     if (token.single_word) {
-      size_t p = start > 0 ? utf8::PreviousStart(text, start) : 0;
-      const bool word_before = start > 0 && utf8::IsWordChar(utf8::Next(text, p));
+      size_t p = start;
+      const bool word_before = start > 0 && utf8::IsWordChar(utf8::Prev(text, p));
       p = stop;
       const bool word_after = stop < text.size() && utf8::IsWordChar(utf8::Next(text, p));
       if (word_before || word_after) continue;
     }
     if (token.lstrip) {
       size_t s = start;
-      while (s > 0) {
-        size_t p = utf8::PreviousStart(text, s);
-        const size_t char_start = p;
-        if (!utf8::IsWhiteSpace(utf8::Next(text, p))) break;
-        s = char_start;
+      for (size_t p = s; s > 0 && utf8::IsWhiteSpace(utf8::Prev(text, p)); s = p) {
       }
       start = std::max(s, done);
     }

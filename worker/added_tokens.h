@@ -44,11 +44,10 @@ class AddedVocabulary {
                                  bool at_input_start) const;
 
  private:
-  // A byte trie of the patterns; node 0 is the root.
+  // A byte trie of the patterns; node 0 is the root (without edges: no patterns).
   struct Trie {
     absl::flat_hash_map<uint64_t, int32_t> edges;  // (node << 8 | byte) -> child
     std::vector<int32_t> token_at;                 // index into tokens_, or -1
-    size_t tokens = 0;
   };
   const Trie& trie(bool normalized) const { return normalized ? normalized_ : raw_; }
   // The longest pattern that starts at `pos`: (end, token index), or nullopt.
@@ -56,8 +55,8 @@ class AddedVocabulary {
                                                       size_t pos) const;
 
   std::vector<AddedToken> tokens_;
-  Trie raw_{{}, {-1}, 0};
-  Trie normalized_{{}, {-1}, 0};
+  Trie raw_{{}, {-1}};
+  Trie normalized_{{}, {-1}};
 };
 
 }  // namespace ember::worker

@@ -34,8 +34,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
   if (type != "BPE") {
     return tj::UnsupportedType(tj::Child(path, "type"), "model", type, "BPE");
   }
-  if (j.contains("dropout") && !j["dropout"].is_null() &&
-      !(j["dropout"].is_number() && j["dropout"].get<double>() == 0.0)) {
+  if (const json* dropout = tj::Find(j, "dropout");
+      dropout != nullptr && !(dropout->is_number() && dropout->get<double>() == 0.0)) {
     return tj::Error(tj::Child(path, "dropout"),
                      "BPE dropout is not supported (it makes encoding random)");
   }
@@ -45,14 +45,14 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const json& j,
   const std::string vocab_path = tj::Child(path, "vocab");
   model->vocab_.reserve(vocab->size());
   for (const auto& [token, id_json] : vocab->items()) {
-    if (!id_json.is_number_unsigned() || id_json.get<uint64_t>() >= (1u << 31)) {
+    const std::optional<int32_t> id = tj::Id(id_json);
+    if (!id) {
       return tj::Error(vocab_path,
                        absl::StrCat("the id of \"", token, "\" must be an integer in [0, 2^31)"));
     }
-    const int32_t id = static_cast<int32_t>(id_json.get<uint64_t>());
-    model->vocab_[token] = id;
-    if (static_cast<size_t>(id) >= model->tokens_.size()) model->tokens_.resize(id + 1);
-    model->tokens_[id] = token;
+    model->vocab_[token] = *id;
+    if (static_cast<size_t>(*id) >= model->tokens_.size()) model->tokens_.resize(*id + 1);
+    model->tokens_[*id] = token;
   }
 
   EMBER_ASSIGN_OR_RETURN(model->continuing_subword_prefix_,

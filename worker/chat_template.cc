@@ -81,11 +81,8 @@ std::string Unescape(absl::string_view s) {
 }
 
 // Jinja's trim filter is Python's str.strip(): Unicode whitespace as str.isspace() sees it.
-bool IsPythonSpace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
-}
+// That is White_Space and the separators U+001C..U+001F.
+bool IsPythonSpace(char32_t c) { return utf8::IsWhiteSpace(c) || (c >= 0x1C && c <= 0x1F); }
 
 // `s` is well-formed UTF-8.
 std::string Trim(absl::string_view s) {
@@ -93,11 +90,7 @@ std::string Trim(absl::string_view s) {
   for (size_t next = 0; begin < s.size() && IsPythonSpace(utf8::Next(s, next)); begin = next) {
   }
   size_t end = s.size();
-  while (end > begin) {
-    size_t start = utf8::PreviousStart(s, end);
-    const size_t char_start = start;
-    if (!IsPythonSpace(utf8::Next(s, start))) break;
-    end = char_start;
+  for (size_t prev = end; end > begin && IsPythonSpace(utf8::Prev(s, prev)); end = prev) {
   }
   return std::string(s.substr(begin, end - begin));
 }

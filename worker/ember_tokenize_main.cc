@@ -6,10 +6,14 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "loader/cli_args.h"
+#include "loader/json_strict.h"
 #include "nlohmann/json.hpp"
 #include "worker/chat_template.h"
 #include "worker/tokenizer.h"
@@ -55,47 +59,64 @@ using nlohmann::json;
 
 enum class Mode { kEncode, kDecode, kChat };
 
-json RenderChat(const Tokenizer& tokenizer, const json& request) {
-  auto chat = ChatTemplate::Recognize(tokenizer.chat_template(), tokenizer.bos_token(),
-                                      tokenizer.eos_token());
-  if (!chat.ok()) return {{"error", std::string(chat.status().message())}};
+json Error(absl::string_view message) { return {{"error", std::string(message)}}; }
+
+// `chat` is the model's template as recognized once, or why it was not.
+json RenderChat(const Tokenizer& tokenizer, const absl::StatusOr<ChatTemplate>& chat,
+                const json& request) {
+  if (!chat.ok()) return Error(chat.status().message());
   if (!request.contains("messages") || !request["messages"].is_array()) {
-    return {{"error", "needs \"messages\""}};
+    return Error("needs \"messages\"");
   }
   std::vector<ChatMessage> messages;
   for (const json& m : request["messages"]) {
     if (!m.is_object() || !m.value("role", json()).is_string() ||
         !m.value("content", json()).is_string()) {
-      return {{"error", "a message needs string \"role\" and \"content\""}};
+      return Error("a message needs string \"role\" and \"content\"");
     }
     messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
   }
-  auto text = chat->Render(messages, request.value("add_generation_prompt", true));
-  if (!text.ok()) return {{"error", std::string(text.status().message())}};
+  bool add_generation_prompt = true;
+  if (auto it = request.find("add_generation_prompt"); it != request.end()) {
+    if (!it->is_boolean()) return Error("\"add_generation_prompt\" must be true or false");
+    add_generation_prompt = it->get<bool>();
+  }
+  auto text = chat->Render(messages, add_generation_prompt);
+  if (!text.ok()) return Error(text.status().message());
   auto ids = tokenizer.Encode(*text, /*add_special_tokens=*/false);
-  if (!ids.ok()) return {{"error", std::string(ids.status().message())}};
+  if (!ids.ok()) return Error(ids.status().message());
   return {{"text", *text}, {"ids", *ids}};
 }
 
-// One request: {"text": ...}, {"ids": [...]} or {"messages": [...]}; the answer as JSON.
-json Answer(const Tokenizer& tokenizer, const json& request, Mode mode) {
-  if (mode == Mode::kChat) return RenderChat(tokenizer, request);
-  if (mode == Mode::kEncode) {
-    if (!request.contains("text") || !request["text"].is_string())
-      return {{"error", "needs \"text\""}};
-    auto ids = tokenizer.Encode(request["text"].get<std::string>(),
-                                absl::GetFlag(FLAGS_add_special_tokens));
-    if (!ids.ok()) return {{"error", std::string(ids.status().message())}};
-    return {{"ids", *ids}};
+// {"ids": [...]}: the text, and the deltas of the streaming decoder.
+json Decode(const Tokenizer& tokenizer, const json& request) {
+  if (!request.contains("ids") || !request["ids"].is_array()) return Error("needs \"ids\"");
+  std::vector<int32_t> ids;
+  for (const json& id : request["ids"]) {
+    const bool fits = id.is_number_unsigned()
+                          ? std::in_range<int32_t>(id.get<uint64_t>())
+                          : id.is_number_integer() && std::in_range<int32_t>(id.get<int64_t>());
+    if (!fits) return Error("\"ids\" must be a list of 32-bit integers");
+    ids.push_back(id.get<int32_t>());
   }
-  if (!request.contains("ids") || !request["ids"].is_array()) return {{"error", "needs \"ids\""}};
-  const auto ids = request["ids"].get<std::vector<int32_t>>();
   const bool skip = absl::GetFlag(FLAGS_skip_special_tokens);
   ember::worker::TokenStreamDecoder stream(tokenizer, skip);
   json deltas = json::array();
   for (int32_t id : ids) deltas.push_back(stream.Push(id));
   deltas.push_back(stream.Finish());
   return {{"text", tokenizer.Decode(ids, skip)}, {"stream", deltas}};
+}
+
+// One request: {"text": ...}, {"ids": [...]} or {"messages": [...]}; the answer as JSON.
+json Answer(const Tokenizer& tokenizer, const absl::StatusOr<ChatTemplate>& chat,
+            const json& request, Mode mode) {
+  if (mode == Mode::kChat) return RenderChat(tokenizer, chat, request);
+  if (mode == Mode::kDecode) return Decode(tokenizer, request);
+  if (!request.contains("text") || !request["text"].is_string()) return Error("needs \"text\"");
+  auto ids =
+      tokenizer.Encode(request["text"].get<std::string>(), absl::GetFlag(FLAGS_add_special_tokens));
+  if (!ids.ok()) return Error(ids.status().message());
+  return {{"ids", *ids}};
 }
 
 }  // namespace
@@ -130,6 +151,11 @@ int main(int argc, char** argv) {
   const Mode mode = absl::GetFlag(FLAGS_decode) ? Mode::kDecode
                     : absl::GetFlag(FLAGS_chat) ? Mode::kChat
                                                 : Mode::kEncode;
+  absl::StatusOr<ChatTemplate> chat = absl::FailedPreconditionError("not in --chat mode");
+  if (mode == Mode::kChat) {
+    chat = ChatTemplate::Recognize(tokenizer->chat_template(), tokenizer->bos_token(),
+                                   tokenizer->eos_token());
+  }
   const auto dump = [](const json& j) {
     return j.dump(-1, ' ', false, json::error_handler_t::strict);
   };
@@ -137,9 +163,9 @@ int main(int argc, char** argv) {
     int status = 0;
     for (std::string line; std::getline(std::cin, line);) {
       if (line.empty()) continue;
-      json request = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      json answer = request.is_discarded() ? json{{"error", "input line is not JSON"}}
-                                           : Answer(*tokenizer, request, mode);
+      auto request = ember::loader::ParseJsonStrict(line, "input line");
+      json answer = request.ok() ? Answer(*tokenizer, chat, *request, mode)
+                                 : Error(request.status().message());
       if (answer.contains("error")) status = 1;
       std::cout << dump(answer) << "\n";
     }
@@ -147,15 +173,16 @@ int main(int argc, char** argv) {
   }
   std::ostringstream input;
   input << std::cin.rdbuf();
-  json request;
-  if (mode == Mode::kDecode) {
-    request = {{"ids", json::parse(input.str(), nullptr, /*allow_exceptions=*/false)}};
-  } else if (mode == Mode::kChat) {
-    request = json::parse(input.str(), nullptr, /*allow_exceptions=*/false);
-  } else {
-    request = {{"text", input.str()}};
+  json answer;
+  if (mode == Mode::kEncode) {
+    answer = Answer(*tokenizer, chat, {{"text", input.str()}}, mode);
+  } else if (auto parsed = ember::loader::ParseJsonStrict(input.str(), "standard input");
+             !parsed.ok()) {
+    answer = Error(parsed.status().message());
+  } else {  // --decode reads the list of ids alone
+    answer =
+        Answer(*tokenizer, chat, mode == Mode::kDecode ? json{{"ids", *parsed}} : *parsed, mode);
   }
-  json answer = Answer(*tokenizer, request, mode);
   if (answer.contains("error")) {
     std::fprintf(stderr, "ember-tokenize: %s\n", answer["error"].get<std::string>().c_str());
     return 1;

@@ -38,26 +38,13 @@ class PrependNormalizer : public Normalizer {
 // Replaces every match of a pattern by a literal string (Llama 2's " " -> "▁").
 class ReplaceNormalizer : public Normalizer {
  public:
-  ReplaceNormalizer(TokenizerRegex pattern, std::string content)
-      : pattern_(std::move(pattern)), content_(std::move(content)) {}
+  explicit ReplaceNormalizer(Replacement replace) : replace_(std::move(replace)) {}
   void Apply(std::string& text) const override {
-    const auto matches = pattern_.FindAll(text);
-    if (matches.empty()) return;
-    std::string out;
-    out.reserve(text.size());
-    size_t done = 0;
-    for (const auto& [begin, end] : matches) {
-      out.append(text, done, begin - done);
-      out.append(content_);
-      done = end;
-    }
-    out.append(text, done, std::string::npos);
-    text = std::move(out);
+    text = replace_.regex.ReplaceAll(text, replace_.content);
   }
 
  private:
-  TokenizerRegex pattern_;
-  std::string content_;
+  Replacement replace_;
 };
 
 class SequenceNormalizer : public Normalizer {
@@ -88,24 +75,19 @@ absl::StatusOr<std::unique_ptr<Normalizer>> Normalizer::FromJson(const json& j,
     return std::make_unique<PrependNormalizer>(std::move(prefix));
   }
   if (type == "Replace") {
-    const json* pattern;
-    EMBER_ASSIGN_OR_RETURN(pattern, tj::Object(j, path, "pattern"));
-    std::optional<TokenizerRegex> regex;
-    EMBER_ASSIGN_OR_RETURN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
-    std::string content;
-    EMBER_ASSIGN_OR_RETURN(content, tj::String(j, path, "content"));
-    return std::make_unique<ReplaceNormalizer>(*std::move(regex), std::move(content));
+    std::optional<Replacement> replace;
+    EMBER_ASSIGN_OR_RETURN(replace, ParseReplace(j, path));
+    return std::make_unique<ReplaceNormalizer>(*std::move(replace));
   }
   if (type == "Sequence") {
-    const json* list;
-    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "normalizers"));
     std::vector<std::unique_ptr<Normalizer>> steps;
-    for (size_t i = 0; i < list->size(); ++i) {
-      std::unique_ptr<Normalizer> step;
-      EMBER_ASSIGN_OR_RETURN(step,
-                             FromJson((*list)[i], tj::Element(tj::Child(path, "normalizers"), i)));
-      steps.push_back(std::move(step));
-    }
+    auto add = [&](const json& step, const std::string& step_path) -> absl::Status {
+      std::unique_ptr<Normalizer> normalizer;
+      EMBER_ASSIGN_OR_RETURN(normalizer, FromJson(step, step_path));
+      steps.push_back(std::move(normalizer));
+      return absl::OkStatus();
+    };
+    EMBER_RETURN_IF_ERROR(tj::ForEach(j, path, "normalizers", add));
     return std::make_unique<SequenceNormalizer>(std::move(steps));
   }
   return tj::UnsupportedType(path, "normalizer", type,

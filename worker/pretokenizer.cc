@@ -3,7 +3,6 @@
 // pre_tokenizers/{split,byte_level,metaspace,digits,sequence}.rs components).
 #include "worker/pretokenizer.h"
 
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -63,58 +62,53 @@ std::vector<Span> SpansOfChars(absl::string_view text, Predicate matches) {
   return spans;
 }
 
-// Cuts `piece` along `spans` as `behavior` says (HF's NormalizedString::split).
-void SplitSpans(const TextPiece& piece, const std::vector<Span>& spans, Behavior behavior,
-                std::vector<TextPiece>& out) {
-  std::vector<Span> cuts;  // is_match here means "remove"
-  bool previous_match = false;
+// Whether `behavior` keeps the span `a` and the span `b` that follows it in one piece.
+bool Joined(Behavior behavior, const Span& a, const Span& b) {
   switch (behavior) {
-    case Behavior::kIsolated:
-      for (const Span& s : spans) cuts.push_back({s.begin, s.end, false});
-      break;
-    case Behavior::kRemoved:
-      cuts = spans;
-      break;
     case Behavior::kContiguous:
-      for (const Span& s : spans) {
-        if (s.is_match == previous_match && !cuts.empty()) {
-          cuts.back().end = s.end;
-        } else {
-          cuts.push_back({s.begin, s.end, false});
-        }
-        previous_match = s.is_match;
-      }
-      break;
+      return a.is_match == b.is_match;
     case Behavior::kMergedWithPrevious:
-      for (const Span& s : spans) {
-        if (s.is_match && !previous_match && !cuts.empty()) {
-          cuts.back().end = s.end;
-        } else {
-          cuts.push_back({s.begin, s.end, false});
-        }
-        previous_match = s.is_match;
-      }
-      break;
+      return !a.is_match && b.is_match;
     case Behavior::kMergedWithNext:
-      for (auto s = spans.rbegin(); s != spans.rend(); ++s) {
-        if (s->is_match && !previous_match && !cuts.empty()) {
-          cuts.back().begin = s->begin;
-        } else {
-          cuts.push_back({s->begin, s->end, false});
-        }
-        previous_match = s->is_match;
-      }
-      std::reverse(cuts.begin(), cuts.end());
+      return a.is_match && !b.is_match;
+    case Behavior::kRemoved:
+    case Behavior::kIsolated:
       break;
   }
-  for (const Span& c : cuts) {
-    if (c.is_match || c.begin == c.end) continue;
-    out.push_back(
-        {piece.text.substr(c.begin, c.end - c.begin), piece.at_input_start && c.begin == 0});
+  return false;
+}
+
+// Cuts `piece` along `spans` as `behavior` says (HF's NormalizedString::split): each piece
+// is a run of joined spans; kRemoved drops the matches.
+void SplitSpans(const TextPiece& piece, const std::vector<Span>& spans, Behavior behavior,
+                std::vector<TextPiece>& out) {
+  size_t begin = 0;  // where the current piece begins
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const Span& s = spans[i];
+    if (i == 0 || !Joined(behavior, spans[i - 1], s)) begin = s.begin;
+    if (i + 1 < spans.size() && Joined(behavior, s, spans[i + 1])) continue;
+    if (begin == s.end || (behavior == Behavior::kRemoved && s.is_match)) continue;
+    out.push_back({piece.text.substr(begin, s.end - begin), piece.at_input_start && begin == 0});
   }
 }
 
-class SplitPreTokenizer : public PreTokenizer {
+// A pre-tokenizer that splits each piece by itself.
+class PieceSplitter : public PreTokenizer {
+ public:
+  void Apply(std::vector<TextPiece>& pieces) const final {
+    std::vector<TextPiece> out;
+    out.reserve(pieces.size());
+    for (const TextPiece& piece : pieces) Split(piece, out);
+    std::erase_if(out, [](const TextPiece& p) { return p.text.empty(); });
+    pieces = std::move(out);
+  }
+
+ protected:
+  // Appends the pieces `piece` splits into to `out`.
+  virtual void Split(const TextPiece& piece, std::vector<TextPiece>& out) const = 0;
+};
+
+class SplitPreTokenizer : public PieceSplitter {
  public:
   SplitPreTokenizer(TokenizerRegex pattern, Behavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
@@ -133,7 +127,7 @@ class SplitPreTokenizer : public PreTokenizer {
 
 // GPT-2's pre-tokenizer: optionally a leading space and the GPT-2 split, then every byte
 // shown in the byte-level alphabet.
-class ByteLevelPreTokenizer : public PreTokenizer {
+class ByteLevelPreTokenizer : public PieceSplitter {
  public:
   ByteLevelPreTokenizer(bool add_prefix_space, std::optional<TokenizerRegex> regex)
       : add_prefix_space_(add_prefix_space), regex_(std::move(regex)) {}
@@ -162,16 +156,15 @@ class ByteLevelPreTokenizer : public PreTokenizer {
   std::optional<TokenizerRegex> regex_;
 };
 
-enum class PrependScheme { kAlways, kFirst, kNever };
+using tj::PrependScheme;
 
 // SentencePiece's convention: spaces become "▁", a "▁" is prepended, and (with `split`)
 // every "▁" starts a new word.
-class MetaspacePreTokenizer : public PreTokenizer {
+class MetaspacePreTokenizer : public PieceSplitter {
  public:
-  MetaspacePreTokenizer(std::string replacement, PrependScheme scheme, bool split)
-      : replacement_(std::move(replacement)), scheme_(scheme), split_(split) {
-    size_t pos = 0;
-    replacement_char_ = utf8::Next(replacement_, pos);
+  MetaspacePreTokenizer(char32_t replacement, PrependScheme scheme, bool split)
+      : replacement_char_(replacement), scheme_(scheme), split_(split) {
+    utf8::Append(replacement, replacement_);
   }
 
  protected:
@@ -189,14 +182,14 @@ class MetaspacePreTokenizer : public PreTokenizer {
   }
 
  private:
-  std::string replacement_;
   char32_t replacement_char_;
+  std::string replacement_;  // its UTF-8
   PrependScheme scheme_;
   bool split_;
 };
 
 // Numbers apart from the rest: each digit alone, or runs of digits.
-class DigitsPreTokenizer : public PreTokenizer {
+class DigitsPreTokenizer : public PieceSplitter {
  public:
   explicit DigitsPreTokenizer(bool individual) : individual_(individual) {}
 
@@ -216,13 +209,6 @@ class SequencePreTokenizer : public PreTokenizer {
       : steps_(std::move(steps)) {}
   void Apply(std::vector<TextPiece>& pieces) const override {
     for (const auto& step : steps_) step->Apply(pieces);
-  }
-
- protected:
-  void Split(const TextPiece& piece, std::vector<TextPiece>& out) const override {
-    std::vector<TextPiece> pieces{piece};
-    Apply(pieces);
-    for (TextPiece& p : pieces) out.push_back(std::move(p));
   }
 
  private:
@@ -248,40 +234,16 @@ absl::StatusOr<Behavior> ParseBehavior(const json& j, const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> ParseMetaspace(const json& j,
                                                              const std::string& path) {
-  std::string replacement;
-  EMBER_ASSIGN_OR_RETURN(replacement, tj::String(j, path, "replacement", "\xE2\x96\x81"));
-  if (replacement.empty() || utf8::SequenceLength(replacement, 0) != replacement.size()) {
-    return tj::Error(tj::Child(path, "replacement"), "must be one character");
-  }
-  bool add_prefix_space;
-  EMBER_ASSIGN_OR_RETURN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
-  std::string scheme_name;
-  EMBER_ASSIGN_OR_RETURN(
-      scheme_name, tj::String(j, path, "prepend_scheme", add_prefix_space ? "always" : "never"));
+  char32_t replacement;
+  EMBER_ASSIGN_OR_RETURN(replacement, tj::Char(j, path, "replacement", U'\u2581'));
   PrependScheme scheme;
-  if (scheme_name == "always") {
-    scheme = PrependScheme::kAlways;
-  } else if (scheme_name == "first") {
-    scheme = PrependScheme::kFirst;
-  } else if (scheme_name == "never") {
-    scheme = PrependScheme::kNever;
-  } else {
-    return tj::Error(tj::Child(path, "prepend_scheme"), "must be always, first or never");
-  }
+  EMBER_ASSIGN_OR_RETURN(scheme, tj::ParsePrependScheme(j, path));
   bool split;
   EMBER_ASSIGN_OR_RETURN(split, tj::Bool(j, path, "split", true));
-  return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), scheme, split);
+  return std::make_unique<MetaspacePreTokenizer>(replacement, scheme, split);
 }
 
 }  // namespace
-
-void PreTokenizer::Apply(std::vector<TextPiece>& pieces) const {
-  std::vector<TextPiece> out;
-  out.reserve(pieces.size());
-  for (const TextPiece& piece : pieces) Split(piece, out);
-  std::erase_if(out, [](const TextPiece& p) { return p.text.empty(); });
-  pieces = std::move(out);
-}
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json& j,
                                                                      const std::string& path) {
@@ -316,15 +278,14 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
     return std::make_unique<DigitsPreTokenizer>(individual);
   }
   if (type == "Sequence") {
-    const json* list;
-    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "pretokenizers"));
     std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (size_t i = 0; i < list->size(); ++i) {
-      std::unique_ptr<PreTokenizer> step;
-      EMBER_ASSIGN_OR_RETURN(
-          step, FromJson((*list)[i], tj::Element(tj::Child(path, "pretokenizers"), i)));
-      steps.push_back(std::move(step));
-    }
+    auto add = [&](const json& step, const std::string& step_path) -> absl::Status {
+      std::unique_ptr<PreTokenizer> pre_tokenizer;
+      EMBER_ASSIGN_OR_RETURN(pre_tokenizer, FromJson(step, step_path));
+      steps.push_back(std::move(pre_tokenizer));
+      return absl::OkStatus();
+    };
+    EMBER_RETURN_IF_ERROR(tj::ForEach(j, path, "pretokenizers", add));
     return std::make_unique<SequencePreTokenizer>(std::move(steps));
   }
   return tj::UnsupportedType(path, "pre-tokenizer", type,

@@ -28,11 +28,7 @@ class PreTokenizer {
 
   virtual ~PreTokenizer() = default;
   // Splits each piece of `pieces` further, in order; empty pieces are dropped.
-  virtual void Apply(std::vector<TextPiece>& pieces) const;
-
- protected:
-  // Appends the pieces `piece` splits into to `out`.
-  virtual void Split(const TextPiece& piece, std::vector<TextPiece>& out) const = 0;
+  virtual void Apply(std::vector<TextPiece>& pieces) const = 0;
 };
 
 }  // namespace ember::worker

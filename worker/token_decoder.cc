@@ -18,8 +18,6 @@ namespace tj = tokenizer_json;
 using nlohmann::json;
 using Emit = DecoderStage::Emit;
 
-constexpr absl::string_view kReplacementChar = "\xEF\xBF\xBD";
-
 // Hugging Face's default without a decoder: tokens joined by single spaces.
 class JoinStage : public DecoderStage {
  public:
@@ -105,55 +103,39 @@ class ByteFallbackStage : public DecoderStage {
     if (!utf8::FindInvalid(run_)) {
       emit(std::move(run_));
     } else {
-      for (size_t i = 0; i < run_.size(); ++i) emit(std::string(kReplacementChar));
+      for (size_t i = 0; i < run_.size(); ++i) emit(std::string(utf8::kReplacementChar));
     }
     run_.clear();
   }
   std::string run_;
 };
 
-class FuseStage : public DecoderStage {
- public:
-  std::unique_ptr<DecoderStage> Fresh() const override { return std::make_unique<FuseStage>(); }
-  void Push(std::string piece, Emit emit) override { emit(std::move(piece)); }
-};
-
 // Replaces a pattern by a string: in each token, or (fused) in the running text, where a
 // tail that could begin the pattern is held until the next fragment decides.
 class ReplaceStage : public DecoderStage {
  public:
-  ReplaceStage(std::shared_ptr<const TokenizerRegex> regex, std::string literal,
-               std::string content, bool fused)
-      : regex_(std::move(regex)),
-        literal_(std::move(literal)),
-        content_(std::move(content)),
-        fused_(fused) {}
+  ReplaceStage(std::shared_ptr<const Replacement> replace, bool fused)
+      : replace_(std::move(replace)), fused_(fused) {}
   std::unique_ptr<DecoderStage> Fresh() const override {
-    return std::make_unique<ReplaceStage>(regex_, literal_, content_, fused_);
+    return std::make_unique<ReplaceStage>(replace_, fused_);
   }
   void Push(std::string piece, Emit emit) override {
     if (!fused_) {
-      std::string out;
-      size_t done = 0;
-      for (const auto& [begin, end] : regex_->FindAll(piece)) {
-        absl::StrAppend(&out, absl::string_view(piece).substr(done, begin - done), content_);
-        done = end;
-      }
-      out.append(piece, done);
-      emit(std::move(out));
+      emit(replace_->regex.ReplaceAll(piece, replace_->content));
       return;
     }
+    const std::string& literal = *replace_->regex.literal();  // fused: a String pattern
     held_.append(piece);
     std::string out;
     size_t done = 0;
-    for (size_t k; !literal_.empty() && (k = held_.find(literal_, done)) != std::string::npos;) {
-      absl::StrAppend(&out, absl::string_view(held_).substr(done, k - done), content_);
-      done = k + literal_.size();
+    for (size_t k; !literal.empty() && (k = held_.find(literal, done)) != std::string::npos;) {
+      absl::StrAppend(&out, absl::string_view(held_).substr(done, k - done), replace_->content);
+      done = k + literal.size();
     }
     // Keep the longest tail that is a proper prefix of the pattern.
-    size_t keep = literal_.empty() ? 0 : std::min(literal_.size() - 1, held_.size() - done);
+    size_t keep = literal.empty() ? 0 : std::min(literal.size() - 1, held_.size() - done);
     while (keep > 0 &&
-           !absl::StartsWith(literal_, absl::string_view(held_).substr(held_.size() - keep))) {
+           !absl::StartsWith(literal, absl::string_view(held_).substr(held_.size() - keep))) {
       --keep;
     }
     out.append(held_, done, held_.size() - done - keep);
@@ -166,9 +148,7 @@ class ReplaceStage : public DecoderStage {
   }
 
  private:
-  std::shared_ptr<const TokenizerRegex> regex_;  // per-token matching
-  std::string literal_;                          // fused matching (String patterns only)
-  std::string content_;
+  std::shared_ptr<const Replacement> replace_;
   bool fused_;
   std::string held_;
 };
@@ -264,17 +244,6 @@ class MetaspaceStage : public DecoderStage {
   size_t index_ = 0;
 };
 
-absl::StatusOr<char32_t> OneChar(const json& j, const std::string& path, const char* field,
-                                 const char* fallback) {
-  std::string s;
-  EMBER_ASSIGN_OR_RETURN(s, tj::String(j, path, field, std::string(fallback)));
-  if (s.empty() || utf8::SequenceLength(s, 0) != s.size()) {
-    return tj::Error(tj::Child(path, field), "must be one character");
-  }
-  size_t pos = 0;
-  return utf8::Next(s, pos);
-}
-
 // Appends the stages of the decoder `j` at `path`; `fused` says whether an earlier stage
 // fused the tokens, and is updated.
 absl::Status AddStages(const json& j, const std::string& path, bool& fused,
@@ -288,42 +257,31 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
         absl::StrCat("a ", type, " decoder after a Fuse or ByteLevel decoder is not supported"));
   };
   if (type == "Sequence") {
-    const json* list;
-    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "decoders"));
-    for (size_t i = 0; i < list->size(); ++i) {
-      absl::Status s =
-          AddStages((*list)[i], tj::Element(tj::Child(path, "decoders"), i), fused, stages);
-      if (!s.ok()) return s;
-    }
-  } else if (type == "ByteLevel") {
-    if (absl::Status s = needs_tokens(); !s.ok()) return s;
+    return tj::ForEach(j, path, "decoders", [&](const json& step, const std::string& step_path) {
+      return AddStages(step, step_path, fused, stages);
+    });
+  }
+  if (type == "ByteLevel") {
+    EMBER_RETURN_IF_ERROR(needs_tokens());
     stages.push_back(std::make_unique<ByteLevelStage>());
     fused = true;
   } else if (type == "ByteFallback") {
-    if (absl::Status s = needs_tokens(); !s.ok()) return s;
+    EMBER_RETURN_IF_ERROR(needs_tokens());
     stages.push_back(std::make_unique<ByteFallbackStage>());
-  } else if (type == "Fuse") {
-    stages.push_back(std::make_unique<FuseStage>());
+  } else if (type == "Fuse") {  // no stage: the stages after it see the fused text
     fused = true;
   } else if (type == "Replace") {
-    const json* pattern;
-    EMBER_ASSIGN_OR_RETURN(pattern, tj::Object(j, path, "pattern"));
-    std::optional<TokenizerRegex> regex;
-    EMBER_ASSIGN_OR_RETURN(regex, TokenizerRegex::FromJson(*pattern, tj::Child(path, "pattern")));
-    std::string content;
-    EMBER_ASSIGN_OR_RETURN(content, tj::String(j, path, "content"));
-    const bool literal = pattern->contains("String");
-    if (fused && !literal) {
+    std::optional<Replacement> replace;
+    EMBER_ASSIGN_OR_RETURN(replace, ParseReplace(j, path));
+    if (fused && !replace->regex.literal()) {
       return tj::Error(path,
                        "a Replace decoder with a Regex pattern after a Fuse is not supported");
     }
     stages.push_back(std::make_unique<ReplaceStage>(
-        std::make_shared<const TokenizerRegex>(*std::move(regex)),
-        literal ? (*pattern)["String"].get<std::string>() : std::string(), std::move(content),
-        fused));
+        std::make_shared<const Replacement>(*std::move(replace)), fused));
   } else if (type == "Strip") {
     char32_t content;
-    EMBER_ASSIGN_OR_RETURN(content, OneChar(j, path, "content", " "));
+    EMBER_ASSIGN_OR_RETURN(content, tj::Char(j, path, "content", U' '));
     int64_t start, stop;
     EMBER_ASSIGN_OR_RETURN(start, tj::Int(j, path, "start", 0));
     EMBER_ASSIGN_OR_RETURN(stop, tj::Int(j, path, "stop", 0));
@@ -331,16 +289,11 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
     stages.push_back(std::make_unique<StripStage>(content, start, stop, fused));
   } else if (type == "Metaspace") {
     char32_t replacement;
-    EMBER_ASSIGN_OR_RETURN(replacement, OneChar(j, path, "replacement", "\xE2\x96\x81"));
-    bool add_prefix_space;
-    EMBER_ASSIGN_OR_RETURN(add_prefix_space, tj::Bool(j, path, "add_prefix_space", true));
-    std::string scheme;
-    EMBER_ASSIGN_OR_RETURN(
-        scheme, tj::String(j, path, "prepend_scheme", add_prefix_space ? "always" : "never"));
-    if (scheme != "always" && scheme != "first" && scheme != "never") {
-      return tj::Error(tj::Child(path, "prepend_scheme"), "must be always, first or never");
-    }
-    stages.push_back(std::make_unique<MetaspaceStage>(replacement, scheme != "never", fused));
+    EMBER_ASSIGN_OR_RETURN(replacement, tj::Char(j, path, "replacement", U'\u2581'));
+    tj::PrependScheme scheme;
+    EMBER_ASSIGN_OR_RETURN(scheme, tj::ParsePrependScheme(j, path));
+    stages.push_back(
+        std::make_unique<MetaspaceStage>(replacement, scheme != tj::PrependScheme::kNever, fused));
   } else {
     return tj::UnsupportedType(
         path, "decoder", type,
@@ -351,15 +304,14 @@ absl::Status AddStages(const json& j, const std::string& path, bool& fused,
 
 }  // namespace
 
-absl::StatusOr<TokenDecoder> TokenDecoder::FromJson(const json& j, const std::string& path) {
+absl::StatusOr<TokenDecoder> TokenDecoder::FromJson(const json* j, const std::string& path) {
   TokenDecoder decoder;
-  if (j.is_null()) {
+  if (j == nullptr) {
     decoder.stages_.push_back(std::make_unique<JoinStage>());
     return decoder;
   }
   bool fused = false;
-  absl::Status s = AddStages(j, path, fused, decoder.stages_);
-  if (!s.ok()) return s;
+  EMBER_RETURN_IF_ERROR(AddStages(*j, path, fused, decoder.stages_));
   return decoder;
 }
 

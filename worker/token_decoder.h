@@ -30,9 +30,10 @@ class DecoderStage {
 
 class TokenDecoder {
  public:
-  // `j` is tokenizer.json's "decoder" at `path`; null means Hugging Face's default, the
-  // tokens joined by spaces. Unknown types or unsupported orders are errors naming the path.
-  static absl::StatusOr<TokenDecoder> FromJson(const nlohmann::json& j, const std::string& path);
+  // `j` is tokenizer.json's "decoder" at `path`; nullptr (absent or null) means Hugging
+  // Face's default, the tokens joined by spaces. Unknown types or unsupported orders are
+  // errors naming the path.
+  static absl::StatusOr<TokenDecoder> FromJson(const nlohmann::json* j, const std::string& path);
 
   // The state of one decoding: tokens in, text out.
   class Stream {

@@ -41,7 +41,7 @@ struct Tokenizer::Parts {
   std::unique_ptr<Normalizer> normalizer;       // null: none
   std::unique_ptr<PreTokenizer> pre_tokenizer;  // null: none
   std::unique_ptr<BpeModel> model;
-  std::optional<TokenDecoder> decoder;
+  TokenDecoder decoder;
   std::vector<PostTemplate> post;  // applied in order with add_special_tokens
   AddedVocabulary added;
   absl::flat_hash_map<std::string, int32_t> added_ids;  // content -> id
@@ -63,14 +63,9 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
   EMBER_ASSIGN_OR_RETURN(type, tj::Type(j, path));
   if (type == "ByteLevel") return absl::OkStatus();  // offsets only: no tokens added
   if (type == "Sequence") {
-    const json* list;
-    EMBER_ASSIGN_OR_RETURN(list, tj::Array(j, path, "processors"));
-    for (size_t i = 0; i < list->size(); ++i) {
-      absl::Status s =
-          ParsePostProcessor((*list)[i], tj::Element(tj::Child(path, "processors"), i), post);
-      if (!s.ok()) return s;
-    }
-    return absl::OkStatus();
+    return tj::ForEach(j, path, "processors", [&](const json& step, const std::string& step_path) {
+      return ParsePostProcessor(step, step_path, post);
+    });
   }
   if (type != "TemplateProcessing") {
     return tj::UnsupportedType(path, "post-processor", type,
@@ -100,12 +95,13 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
         return tj::Error(tj::Child(path, "special_tokens"),
                          absl::StrCat("has no ids for \"", name, "\""));
       }
-      for (const json& id : (*it)["ids"]) {
-        if (!id.is_number_unsigned() || id.get<uint64_t>() >= (uint64_t{1} << 31)) {
+      for (const json& id_json : (*it)["ids"]) {
+        const std::optional<int32_t> id = tj::Id(id_json);
+        if (!id) {
           return tj::Error(tj::Child(tj::Child(path, "special_tokens"), name),
                            "ids must be integers in [0, 2^31)");
         }
-        out.ids.push_back(id.get<int32_t>());
+        out.ids.push_back(*id);
       }
     } else {
       return tj::Error(item_path, "must be {\"Sequence\": ...} or {\"SpecialToken\": ...}");
@@ -117,7 +113,7 @@ absl::Status ParsePostProcessor(const json& j, const std::string& path,
 }
 
 absl::Status ParseAddedTokens(const json& root, Tokenizer::Parts& parts) {
-  if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return absl::OkStatus();
+  if (tj::Find(root, "added_tokens") == nullptr) return absl::OkStatus();
   const json* list;
   EMBER_ASSIGN_OR_RETURN(list, tj::Array(root, "", "added_tokens"));
   absl::flat_hash_set<std::string> special_contents;
@@ -166,16 +162,16 @@ std::string ConfigToken(const json& config, const char* field) {
 
 absl::Status ParseConfig(absl::string_view text, Tokenizer::Parts& parts) {
   if (text.empty()) return absl::OkStatus();
-  auto config = loader::ParseJsonStrict(text, "tokenizer_config.json");
-  if (!config.ok()) return config.status();
-  if (!config->is_object())
+  json config;
+  EMBER_ASSIGN_OR_RETURN(config, loader::ParseJsonStrict(text, "tokenizer_config.json"));
+  if (!config.is_object())
     return absl::InvalidArgumentError("tokenizer_config.json: must be an object");
-  parts.bos_token = ConfigToken(*config, "bos_token");
-  parts.eos_token = ConfigToken(*config, "eos_token");
-  auto it = config->find("chat_template");
-  if (it != config->end() && it->is_string()) {
+  parts.bos_token = ConfigToken(config, "bos_token");
+  parts.eos_token = ConfigToken(config, "eos_token");
+  auto it = config.find("chat_template");
+  if (it != config.end() && it->is_string()) {
     parts.chat_template = it->get<std::string>();
-  } else if (it != config->end() && it->is_array()) {
+  } else if (it != config.end() && it->is_array()) {
     for (const json& named : *it) {  // [{"name": "default", "template": ...}, ...]
       if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
           named["template"].is_string()) {
@@ -190,33 +186,27 @@ absl::Status ParseConfig(absl::string_view text, Tokenizer::Parts& parts) {
 
 absl::StatusOr<Tokenizer> Tokenizer::Load(absl::string_view tokenizer_json,
                                           absl::string_view tokenizer_config_json) {
-  auto root = loader::ParseJsonStrict(tokenizer_json, "tokenizer.json");
-  if (!root.ok()) return root.status();
-  if (!root->is_object()) return tj::Error("(root)", "must be an object");
+  json root;
+  EMBER_ASSIGN_OR_RETURN(root, loader::ParseJsonStrict(tokenizer_json, "tokenizer.json"));
+  if (!root.is_object()) return tj::Error("(root)", "must be an object");
   auto parts = std::make_shared<Parts>();
-  const json null;
-  auto field = [&](const char* name) -> const json& {
-    auto it = root->find(name);
-    return it == root->end() ? null : *it;
-  };
-  if (!field("normalizer").is_null()) {
-    EMBER_ASSIGN_OR_RETURN(parts->normalizer,
-                           Normalizer::FromJson(field("normalizer"), "normalizer"));
+  if (const json* j = tj::Find(root, "normalizer")) {
+    EMBER_ASSIGN_OR_RETURN(parts->normalizer, Normalizer::FromJson(*j, "normalizer"));
   }
-  if (!field("pre_tokenizer").is_null()) {
-    EMBER_ASSIGN_OR_RETURN(parts->pre_tokenizer,
-                           PreTokenizer::FromJson(field("pre_tokenizer"), "pre_tokenizer"));
+  if (const json* j = tj::Find(root, "pre_tokenizer")) {
+    EMBER_ASSIGN_OR_RETURN(parts->pre_tokenizer, PreTokenizer::FromJson(*j, "pre_tokenizer"));
   }
-  if (field("model").is_null()) return tj::Error("model", "is missing");
-  EMBER_ASSIGN_OR_RETURN(parts->model, BpeModel::FromJson(field("model"), "model"));
+  const json* model = tj::Find(root, "model");
+  if (model == nullptr) return tj::Error("model", "is missing");
+  EMBER_ASSIGN_OR_RETURN(parts->model, BpeModel::FromJson(*model, "model"));
   parts->vocab_size = parts->model->id_end();
-  EMBER_ASSIGN_OR_RETURN(parts->decoder, TokenDecoder::FromJson(field("decoder"), "decoder"));
-  if (absl::Status s = ParsePostProcessor(field("post_processor"), "post_processor", parts->post);
-      !s.ok()) {
-    return s;
+  EMBER_ASSIGN_OR_RETURN(parts->decoder,
+                         TokenDecoder::FromJson(tj::Find(root, "decoder"), "decoder"));
+  if (const json* j = tj::Find(root, "post_processor")) {
+    EMBER_RETURN_IF_ERROR(ParsePostProcessor(*j, "post_processor", parts->post));
   }
-  if (absl::Status s = ParseAddedTokens(*root, *parts); !s.ok()) return s;
-  if (absl::Status s = ParseConfig(tokenizer_config_json, *parts); !s.ok()) return s;
+  EMBER_RETURN_IF_ERROR(ParseAddedTokens(root, *parts));
+  EMBER_RETURN_IF_ERROR(ParseConfig(tokenizer_config_json, *parts));
 
   Tokenizer tokenizer(parts);
   if (!parts->bos_token.empty()) {
@@ -272,10 +262,14 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text,
 }
 
 std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special_tokens) const {
-  TokenStreamDecoder stream(*this, skip_special_tokens);
+  TokenDecoder::Stream stream = parts_->decoder.NewStream();
   std::string text;
-  for (int32_t id : ids) text += stream.Push(id);
-  text += stream.Finish();
+  for (int32_t id : ids) {
+    if (const std::string* token = TokenForDecode(id, skip_special_tokens)) {
+      stream.Push(*token, text);
+    }
+  }
+  stream.Finish(text);
   return text;
 }
 
@@ -309,7 +303,7 @@ const std::string& Tokenizer::chat_template() const { return parts_->chat_templa
 TokenStreamDecoder::TokenStreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
     : tokenizer_(tokenizer),
       skip_special_tokens_(skip_special_tokens),
-      stream_(tokenizer.parts_->decoder->NewStream()) {}
+      stream_(tokenizer.parts_->decoder.NewStream()) {}
 
 std::string TokenStreamDecoder::Push(int32_t id) {
   std::string text;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -26,6 +27,10 @@ absl::Status UnsupportedType(absl::string_view path, absl::string_view kind, abs
 std::string Child(absl::string_view path, absl::string_view field);
 std::string Element(absl::string_view path, size_t index);
 
+// The field `field` of the object `j`; nullptr when `j` is not an object or the field is
+// absent or null.
+const json* Find(const json& j, const char* field);
+
 // The object's "type" field.
 absl::StatusOr<std::string> Type(const json& j, absl::string_view path);
 
@@ -36,8 +41,24 @@ absl::StatusOr<bool> Bool(const json& j, absl::string_view path, const char* fie
                           std::optional<bool> fallback = std::nullopt);
 absl::StatusOr<int64_t> Int(const json& j, absl::string_view path, const char* field,
                             std::optional<int64_t> fallback = std::nullopt);
-// A required field holding an array (or, with `object`, an object).
+// A string field holding exactly one character.
+absl::StatusOr<char32_t> Char(const json& j, absl::string_view path, const char* field,
+                              char32_t fallback);
+// A required field holding a list, or an object.
 absl::StatusOr<const json*> Array(const json& j, absl::string_view path, const char* field);
 absl::StatusOr<const json*> Object(const json& j, absl::string_view path, const char* field);
+
+// Calls `fn` with each element of the required list `field` and the element's path
+// ("<path>.<field>[i]"), in order, until it returns an error, which ForEach returns.
+absl::Status ForEach(const json& j, absl::string_view path, const char* field,
+                     absl::FunctionRef<absl::Status(const json&, const std::string&)> fn);
+
+// A token id: an integer in [0, 2^31); nullopt for any other value.
+std::optional<int32_t> Id(const json& v);
+
+// Metaspace's (pre-tokenizer and decoder) "prepend_scheme", which defaults to "always" or
+// "never" by the older "add_prefix_space".
+enum class PrependScheme { kAlways, kFirst, kNever };
+absl::StatusOr<PrependScheme> ParsePrependScheme(const json& j, absl::string_view path);
 
 }  // namespace ember::worker::tokenizer_json

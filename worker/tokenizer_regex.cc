@@ -186,11 +186,6 @@ absl::StatusOr<std::unique_ptr<RE2>> Compile(const std::string& pattern, absl::s
   return re;
 }
 
-size_t CharLength(absl::string_view text, size_t pos) {
-  const size_t n = utf8::SequenceLength(text, pos);
-  return n == 0 ? 1 : n;
-}
-
 }  // namespace
 
 TokenizerRegex::TokenizerRegex(TokenizerRegex&&) noexcept = default;
@@ -199,16 +194,12 @@ TokenizerRegex::~TokenizerRegex() = default;
 
 absl::StatusOr<TokenizerRegex> TokenizerRegex::FromRegex(absl::string_view pattern,
                                                          absl::string_view where) {
-  auto t = Translate(pattern, where);
-  if (!t.ok()) return t.status();
+  Translation t;
+  EMBER_ASSIGN_OR_RETURN(t, Translate(pattern, where));
   TokenizerRegex r;
-  auto re = Compile(t->pattern, where, pattern);
-  if (!re.ok()) return re.status();
-  r.regex_ = *std::move(re);
-  if (t->has_lookahead) {
-    auto fallback = Compile(t->without_lookahead, where, pattern);
-    if (!fallback.ok()) return fallback.status();
-    r.without_lookahead_ = *std::move(fallback);
+  EMBER_ASSIGN_OR_RETURN(r.regex_, Compile(t.pattern, where, pattern));
+  if (t.has_lookahead) {
+    EMBER_ASSIGN_OR_RETURN(r.without_lookahead_, Compile(t.without_lookahead, where, pattern));
   }
   return r;
 }
@@ -216,26 +207,31 @@ absl::StatusOr<TokenizerRegex> TokenizerRegex::FromRegex(absl::string_view patte
 absl::StatusOr<TokenizerRegex> TokenizerRegex::FromLiteral(absl::string_view literal,
                                                            absl::string_view where) {
   TokenizerRegex r;
-  auto re =
-      Compile(RE2::QuoteMeta(re2::StringPiece(literal.data(), literal.size())), where, literal);
-  if (!re.ok()) return re.status();
-  r.regex_ = *std::move(re);
+  r.literal_ = std::string(literal);
+  if (literal.empty()) EMBER_ASSIGN_OR_RETURN(r.regex_, Compile("", where, literal));
   return r;
 }
 
 absl::StatusOr<TokenizerRegex> TokenizerRegex::FromJson(const nlohmann::json& j,
                                                         const std::string& path) {
-  if (j.is_object() && j.contains("String") && j["String"].is_string()) {
-    return FromLiteral(j["String"].get<std::string>(), path);
+  if (const auto* s = tokenizer_json::Find(j, "String"); s != nullptr && s->is_string()) {
+    return FromLiteral(s->get<std::string>(), path);
   }
-  if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
-    return FromRegex(j["Regex"].get<std::string>(), path);
+  if (const auto* r = tokenizer_json::Find(j, "Regex"); r != nullptr && r->is_string()) {
+    return FromRegex(r->get<std::string>(), path);
   }
   return tokenizer_json::Error(path, "must be {\"String\": ...} or {\"Regex\": ...}");
 }
 
 std::vector<std::pair<size_t, size_t>> TokenizerRegex::FindAll(absl::string_view text) const {
   std::vector<std::pair<size_t, size_t>> matches;
+  if (!regex_) {  // a non-empty literal: plain search
+    const size_t n = literal_->size();
+    for (size_t k = 0; (k = text.find(*literal_, k)) != absl::string_view::npos; k += n) {
+      matches.emplace_back(k, k + n);
+    }
+    return matches;
+  }
   const int groups = without_lookahead_ ? 2 : 1;
   re2::StringPiece found[2];
   const re2::StringPiece input(text.data(), text.size());
@@ -253,7 +249,7 @@ std::vector<std::pair<size_t, size_t>> TokenizerRegex::FindAll(absl::string_view
       } else {
         re2::StringPiece later;
         if (!without_lookahead_->Match(input, begin, text.size(), RE2::ANCHOR_START, &later, 1)) {
-          pos = begin + CharLength(text, begin);
+          pos = begin + utf8::SequenceLength(text, begin);
           continue;
         }
         end = begin + later.size();
@@ -265,7 +261,7 @@ std::vector<std::pair<size_t, size_t>> TokenizerRegex::FindAll(absl::string_view
         last_end = end;
       }
       if (begin >= text.size()) break;
-      pos = begin + CharLength(text, begin);
+      pos = begin + utf8::SequenceLength(text, begin);
       continue;
     }
     matches.emplace_back(begin, end);
@@ -273,6 +269,31 @@ std::vector<std::pair<size_t, size_t>> TokenizerRegex::FindAll(absl::string_view
     pos = end;
   }
   return matches;
+}
+
+std::string TokenizerRegex::ReplaceAll(absl::string_view text, absl::string_view content) const {
+  const auto matches = FindAll(text);
+  if (matches.empty()) return std::string(text);
+  std::string out;
+  out.reserve(text.size());
+  size_t done = 0;
+  for (const auto& [begin, end] : matches) {
+    absl::StrAppend(&out, text.substr(done, begin - done), content);
+    done = end;
+  }
+  absl::StrAppend(&out, text.substr(done));
+  return out;
+}
+
+absl::StatusOr<Replacement> ParseReplace(const nlohmann::json& j, const std::string& path) {
+  const nlohmann::json* pattern;
+  EMBER_ASSIGN_OR_RETURN(pattern, tokenizer_json::Object(j, path, "pattern"));
+  std::optional<TokenizerRegex> regex;
+  EMBER_ASSIGN_OR_RETURN(
+      regex, TokenizerRegex::FromJson(*pattern, tokenizer_json::Child(path, "pattern")));
+  std::string content;
+  EMBER_ASSIGN_OR_RETURN(content, tokenizer_json::String(j, path, "content"));
+  return Replacement{*std::move(regex), std::move(content)};
 }
 
 }  // namespace ember::worker

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,9 +40,6 @@ class TokenizerRegex {
   // `pattern` is a regex in Oniguruma syntax; `where` names it in errors.
   static absl::StatusOr<TokenizerRegex> FromRegex(absl::string_view pattern,
                                                   absl::string_view where);
-  // A literal string (tokenizer.json's {"String": ...} patterns).
-  static absl::StatusOr<TokenizerRegex> FromLiteral(absl::string_view literal,
-                                                    absl::string_view where);
   // tokenizer.json's {"String": ...} or {"Regex": ...} pattern object at `path`.
   static absl::StatusOr<TokenizerRegex> FromJson(const nlohmann::json& j, const std::string& path);
 
@@ -54,12 +52,31 @@ class TokenizerRegex {
   // previous match is skipped). `text` must be well-formed UTF-8.
   std::vector<std::pair<size_t, size_t>> FindAll(absl::string_view text) const;
 
+  // `text` with every match replaced by `content` (a copy of `text` when none matches).
+  std::string ReplaceAll(absl::string_view text, absl::string_view content) const;
+
+  // The string of a {"String": ...} pattern; nullopt for a regex.
+  const std::optional<std::string>& literal() const { return literal_; }
+
  private:
   TokenizerRegex() = default;
+  // A literal string: found by plain search; an empty one goes through RE2 (empty
+  // matches, as an empty regex gives).
+  static absl::StatusOr<TokenizerRegex> FromLiteral(absl::string_view literal,
+                                                    absl::string_view where);
 
-  std::unique_ptr<re2::RE2> regex_;
+  std::optional<std::string> literal_;
+  std::unique_ptr<re2::RE2> regex_;  // null for a non-empty literal
   // The pattern without its `\s+(?!\S)` alternative; null when it has none.
   std::unique_ptr<re2::RE2> without_lookahead_;
 };
+
+// tokenizer.json's Replace (a normalizer and a decoder): every match of "pattern" becomes
+// "content".
+struct Replacement {
+  TokenizerRegex regex;
+  std::string content;
+};
+absl::StatusOr<Replacement> ParseReplace(const nlohmann::json& j, const std::string& path);
 
 }  // namespace ember::worker

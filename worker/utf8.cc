@@ -102,7 +102,6 @@ void Append(char32_t c, std::string& out) {
 }
 
 size_t AppendLossy(absl::string_view bytes, bool final, std::string& out) {
-  static constexpr absl::string_view kReplacement = "\xEF\xBF\xBD";
   size_t pos = 0;
   while (pos < bytes.size()) {
     const Prefix p = PrefixAt(bytes, pos);
@@ -114,7 +113,7 @@ size_t AppendLossy(absl::string_view bytes, bool final, std::string& out) {
     } else {
       // A maximal ill-formed subpart: the bad lead byte alone, or the valid prefix
       // before the byte that broke it.
-      out.append(kReplacement.data(), kReplacement.size());
+      out.append(kReplacementChar.data(), kReplacementChar.size());
       pos += p.valid == 0 ? 1 : p.valid;
     }
   }
@@ -156,6 +155,12 @@ size_t PreviousStart(absl::string_view text, size_t end) {
   size_t pos = end - 1;
   while (pos > 0 && (static_cast<uint8_t>(text[pos]) & 0xC0) == 0x80) --pos;
   return pos;
+}
+
+char32_t Prev(absl::string_view text, size_t& pos) {
+  pos = PreviousStart(text, pos);
+  size_t next = pos;
+  return Next(text, next);
 }
 
 std::string Normalize(absl::string_view text, NormalForm form) {

@@ -12,6 +12,9 @@
 
 namespace ember::worker::utf8 {
 
+// U+FFFD REPLACEMENT CHARACTER, in UTF-8.
+inline constexpr absl::string_view kReplacementChar = "\xEF\xBF\xBD";
+
 // The byte offset of the first byte that does not start a well-formed UTF-8 sequence
 // (Unicode Table 3-7), or nullopt when all of `text` is well-formed.
 std::optional<size_t> FindInvalid(absl::string_view text);
@@ -40,6 +43,9 @@ bool IsWordChar(char32_t c);
 
 // The offset where the character ending at `end` (> 0) begins.
 size_t PreviousStart(absl::string_view text, size_t end);
+// Decodes the character that ends at `pos` (> 0), which must be well-formed; moves `pos`
+// back to its start.
+char32_t Prev(absl::string_view text, size_t& pos);
 
 // Unicode normalization forms through utf8proc; `text` must be well-formed.
 enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };

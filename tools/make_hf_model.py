@@ -7,7 +7,11 @@ sliding window, Qwen2's biases, tied embeddings, llama3 rope scaling, head_dim 6
 a vocabulary that is not a multiple of 64); `smollm2-135m` and `llama-1b` are full-size
 shapes for benchmarks. Weights are drawn with a fixed seed and saved as safetensors.
 
-    make_hf_model.py VARIANT OUT_DIR [--dtype float32|bfloat16|float16]
+    make_hf_model.py VARIANT OUT_DIR [--dtype float32|bfloat16|float16] [--chat-tokenizer]
+
+--chat-tokenizer adds a byte-level BPE tokenizer trained here by Hugging Face `tokenizers`
+(SmolLM2's layout and ChatML chat template, <|im_end|> as end of sequence), so the model
+takes text and chat messages (the worker's end-to-end tests).
 """
 
 from __future__ import annotations
@@ -94,15 +98,73 @@ def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: 
     model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
 
 
+def _random_word(i: int) -> str:
+    """A deterministic pseudo-random lowercase word (no global random state)."""
+    x, word = i * 2654435761 % 4294967296, ""
+    for _ in range(2 + i % 6):
+        x = (x * 1103515245 + 12345) % 2147483648
+        word += chr(97 + (x >> 16) % 26)
+    return word
+
+
+# Training text for --chat-tokenizer: several scripts, so byte-level merges cover multi-byte
+# characters and decoded streams really cross UTF-8 boundaries.
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "def add(a, b):\n    return a + b\n",
+    "Grüße aus München! Ça va très bien, merci.",
+    "日本語のテキストと中文文本，还有한국어 문장도 있습니다。",
+    "Emoji: 🙂🚀✨ and symbols ∑ ∞ ≠ → ←",
+    "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
+] * 20 + [  # and enough distinct words for a thousand merges
+    " ".join(a + b + c for a in ("ka", "lo", "mi", "su", "te", "ør", "dé", "ni")
+             for b in ("ra", "n", "chi", "vo", "ße", "ly") for c in ("", "s", "ing", "ed", "语"))
+] * 3 + [" ".join(_random_word(i) for i in range(4000))] * 2
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def add_chat_tokenizer(out_dir: str | Path, vocab_size: int) -> None:
+    """Trains a SmolLM2-style byte-level BPE of `vocab_size` tokens (specials first) and
+    writes tokenizer.json, tokenizer_config.json (ChatML template) and the eos id into
+    config.json and generation_config.json."""
+    import json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    out = Path(out_dir)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.save(str(out / "tokenizer.json"))
+    template = (Path(__file__).resolve().parent.parent / "tests" / "engine" / "chat_templates" /
+                "smollm2-instruct.jinja").read_text()
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template,
+        "add_bos_token": False, "tokenizer_class": "GPT2Tokenizer"}, indent=1))
+    eos = tok.token_to_id("<|im_end|>")
+    for name in ("config.json", "generation_config.json"):
+        path = out / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            data["eos_token_id"] = eos
+            path.write_text(json.dumps(data, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=sorted(VARIANTS))
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-tokenizer", action="store_true",
+                        help="add a trained byte-level BPE tokenizer with a ChatML template")
     args = parser.parse_args(argv)
     print(f"make_hf_model: {args.variant} ({args.dtype}) -> {args.out_dir}", file=sys.stderr)
     make_model(args.variant, args.out_dir, args.dtype, args.seed)
+    if args.chat_tokenizer:
+        add_chat_tokenizer(args.out_dir, make_config(args.variant).vocab_size)
     return 0
 
 

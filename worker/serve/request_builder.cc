@@ -1,0 +1,220 @@
+#include "worker/serve/request_builder.h"
+
+#include <cmath>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "loader/status_macros.h"
+#include "worker/utf8.h"
+
+namespace ember::worker {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Status NeedsTokenizer(absl::string_view field) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      field, ": this model has no tokenizer.json, so it takes token ids only (send token_ids)"));
+}
+
+absl::Status CheckIds(absl::string_view field, const google::protobuf::RepeatedField<int32_t>& ids,
+                      int32_t vocab) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return Invalid(absl::StrCat(field, "[", i, "]"),
+                     absl::StrCat(ids[i], " is not a token id (the vocabulary has ", vocab,
+                                  " tokens: 0 to ", vocab - 1, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckText(absl::string_view field, const std::string& text) {
+  if (auto bad = utf8::FindInvalid(text); bad.has_value()) {
+    return Invalid(field, absl::StrCat("not valid UTF-8 (byte offset ", *bad, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view field, const std::string& text,
+                                            bool add_special, const ModelLimits& model) {
+  if (model.tokenizer == nullptr) return NeedsTokenizer(field);
+  EMBER_RETURN_IF_ERROR(CheckText(field, text));
+  auto ids = model.tokenizer->Encode(text, add_special);
+  if (!ids.ok()) return Invalid(field, ids.status().message());
+  return ids;
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
+                                             const ModelLimits& model) {
+  if (model.tokenizer == nullptr) return NeedsTokenizer("chat");
+  if (model.chat_template == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "chat: ", model.chat_template_error.message(), " (send a prompt instead)"));
+  }
+  if (chat.messages().empty()) return Invalid("chat.messages", "empty");
+  std::vector<ChatMessage> messages;
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const auto& m = chat.messages(i);
+    EMBER_RETURN_IF_ERROR(CheckText(absl::StrCat("chat.messages[", i, "].role"), m.role()));
+    EMBER_RETURN_IF_ERROR(CheckText(absl::StrCat("chat.messages[", i, "].content"), m.content()));
+    messages.push_back({m.role(), m.content()});
+  }
+  auto text = model.chat_template->Render(messages, /*add_generation_prompt=*/true);
+  if (!text.ok()) return Invalid("chat", text.status().message());
+  // The rendered text carries BOS where the template writes it (as transformers'
+  // apply_chat_template, which encodes without special tokens).
+  return Encode("chat", *text, /*add_special=*/false, model);
+}
+
+absl::Status CheckFinite(absl::string_view field, float v, float lo, float hi,
+                         absl::string_view range) {
+  if (!std::isfinite(v) || v < lo || v > hi) {
+    return Invalid(field, absl::StrFormat("must be %s, got %g", range, v));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& request,
+                                               const ModelLimits& model) {
+  std::vector<int32_t> ids;
+  switch (request.input_case()) {
+    case v1::GenerateRequest::kPrompt: {
+      if (request.prompt().empty()) return Invalid("prompt", "empty");
+      EMBER_ASSIGN_OR_RETURN(ids, Encode("prompt", request.prompt(), true, model));
+      if (ids.empty()) return Invalid("prompt", "encodes to no tokens");
+      break;
+    }
+    case v1::GenerateRequest::kTokenIds:
+      if (request.token_ids().ids().empty()) return Invalid("token_ids.ids", "empty");
+      EMBER_RETURN_IF_ERROR(CheckIds("token_ids.ids", request.token_ids().ids(), model.vocab_size));
+      ids.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
+      break;
+    case v1::GenerateRequest::kChat:
+      EMBER_ASSIGN_OR_RETURN(ids, ChatIds(request.chat(), model));
+      break;
+    default:
+      return Invalid("input", "missing: set one of prompt, token_ids or chat");
+  }
+  return ids;
+}
+
+absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateRequest& request,
+                                                         const ModelLimits& model) {
+  GenerationRequest out;
+  if (request.request_id().size() > kMaxRequestIdBytes) {
+    return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
+  }
+  EMBER_RETURN_IF_ERROR(CheckText("request_id", request.request_id()));
+  absl::BitGen gen;
+  out.id = request.request_id().empty()
+               ? absl::StrFormat("req-%016x", absl::Uniform<uint64_t>(gen))
+               : request.request_id();
+
+  EMBER_ASSIGN_OR_RETURN(out.prompt, PromptIds(request, model));
+  const int prompt_len = static_cast<int>(out.prompt.size());
+
+  // Sampling.
+  const v1::SamplingParams& s = request.sampling();
+  GenerationParams& p = out.params;
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.temperature", s.temperature(), 0, 1e6,
+                                    "a finite number >= 0"));
+  p.sampling.temperature = s.temperature();
+  if (s.top_k() < 0) return Invalid("sampling.top_k", absl::StrCat("must be >= 0, got ", s.top_k()));
+  p.sampling.top_k = s.top_k();
+  if (s.has_top_p()) {
+    if (!(s.top_p() > 0 && s.top_p() <= 1)) {
+      return Invalid("sampling.top_p", absl::StrFormat("must be in (0, 1], got %g", s.top_p()));
+    }
+    p.sampling.top_p = s.top_p();
+  }
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.min_p", s.min_p(), 0, 1, "in [0, 1]"));
+  p.sampling.min_p = s.min_p();
+  if (s.has_repetition_penalty()) {
+    if (!std::isfinite(s.repetition_penalty()) || s.repetition_penalty() <= 0) {
+      return Invalid("sampling.repetition_penalty",
+                     absl::StrFormat("must be a finite number > 0, got %g", s.repetition_penalty()));
+    }
+    p.repetition_penalty = s.repetition_penalty();
+  }
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.frequency_penalty", s.frequency_penalty(), -2, 2,
+                                    "in [-2, 2]"));
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.presence_penalty", s.presence_penalty(), -2, 2,
+                                    "in [-2, 2]"));
+  p.frequency_penalty = s.frequency_penalty();
+  p.presence_penalty = s.presence_penalty();
+  p.sampling.seed = s.has_seed() ? s.seed() : absl::Uniform<uint64_t>(gen);
+
+  // Stopping.
+  const v1::StoppingCriteria& st = request.stopping();
+  if (prompt_len >= model.max_context) {
+    return Invalid("prompt", absl::StrCat(prompt_len, " tokens leave no room to generate in the "
+                                          "model's context length of ", model.max_context));
+  }
+  if (st.has_max_tokens()) {
+    if (st.max_tokens() < 1) {
+      return Invalid("stopping.max_tokens", absl::StrCat("must be >= 1, got ", st.max_tokens()));
+    }
+    if (static_cast<int64_t>(prompt_len) + st.max_tokens() > model.max_context) {
+      return Invalid("stopping.max_tokens",
+                     absl::StrCat("prompt (", prompt_len, " tokens) + max_tokens (", st.max_tokens(),
+                                  ") exceeds the model's context length of ", model.max_context));
+    }
+    p.max_tokens = st.max_tokens();
+  } else {
+    p.max_tokens = model.max_context - prompt_len;
+    p.max_tokens_is_context = true;
+  }
+  if (st.min_tokens() < 0 || st.min_tokens() > p.max_tokens) {
+    return Invalid("stopping.min_tokens",
+                   absl::StrCat("must be in [0, max_tokens = ", p.max_tokens, "], got ",
+                                st.min_tokens()));
+  }
+  p.min_tokens = st.min_tokens();
+  if (st.stop_size() > kMaxStopStrings) {
+    return Invalid("stopping.stop", absl::StrCat(st.stop_size(), " strings; at most ",
+                                                 kMaxStopStrings));
+  }
+  for (int i = 0; i < st.stop_size(); ++i) {
+    const std::string field = absl::StrCat("stopping.stop[", i, "]");
+    if (model.tokenizer == nullptr) return NeedsTokenizer(field);
+    if (st.stop(i).empty()) return Invalid(field, "empty");
+    if (st.stop(i).size() > kMaxStopBytes) {
+      return Invalid(field, absl::StrCat("longer than ", kMaxStopBytes, " bytes"));
+    }
+    EMBER_RETURN_IF_ERROR(CheckText(field, st.stop(i)));
+    p.stop.push_back(st.stop(i));
+  }
+  EMBER_RETURN_IF_ERROR(CheckIds("stopping.stop_token_ids", st.stop_token_ids(), model.vocab_size));
+  p.stop_token_ids.assign(st.stop_token_ids().begin(), st.stop_token_ids().end());
+  p.ignore_eos = st.ignore_eos();
+
+  if (request.top_logprobs() < 0 || request.top_logprobs() > kMaxTopLogprobs) {
+    return Invalid("top_logprobs", absl::StrCat("must be in [0, ", kMaxTopLogprobs, "], got ",
+                                                request.top_logprobs()));
+  }
+  p.top_logprobs = request.top_logprobs();
+  p.stream_text = request.has_stream_text() ? request.stream_text() : true;
+  if (p.stream_text && model.tokenizer == nullptr) p.stream_text = false;  // ids only
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> TokenizeIds(const v1::TokenizeRequest& request,
+                                                 const ModelLimits& model) {
+  const bool add_special = request.has_add_special_tokens() ? request.add_special_tokens() : true;
+  switch (request.input_case()) {
+    case v1::TokenizeRequest::kText:
+      return Encode("text", request.text(), add_special, model);
+    case v1::TokenizeRequest::kChat:
+      return ChatIds(request.chat(), model);
+    default:
+      return Invalid("input", "missing: set one of text or chat");
+  }
+}
+
+}  // namespace ember::worker

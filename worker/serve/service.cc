@@ -1,0 +1,352 @@
+#include "worker/serve/service.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "worker/serve/request_builder.h"
+
+namespace ember::worker {
+namespace {
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kStopSequence: return v1::FINISH_REASON_STOP_SEQUENCE;
+    case FinishReason::kContextLength: return v1::FINISH_REASON_CONTEXT_LENGTH;
+    case FinishReason::kDeadline: return v1::FINISH_REASON_DEADLINE;
+    case FinishReason::kAborted:
+    case FinishReason::kCancelled:
+    case FinishReason::kError: return v1::FINISH_REASON_ABORTED;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void Append(const TokenChunk& chunk, v1::GenerateResponse* out) {
+  for (int32_t id : chunk.ids) out->add_token_ids(id);
+  out->mutable_text()->append(chunk.text);
+  for (const TokenLogprobs& lp : chunk.logprobs) {
+    v1::Logprobs* entry = out->add_logprobs();
+    entry->mutable_chosen()->set_token_id(lp.token);
+    entry->mutable_chosen()->set_logprob(lp.logprob);
+    for (const auto& [id, logprob] : lp.top) {
+      v1::TokenLogprob* top = entry->add_top();
+      top->set_token_id(id);
+      top->set_logprob(logprob);
+    }
+  }
+}
+
+// One Generate call. The scheduler delivers tokens from its thread into `pending_`; at
+// most one write is in flight, and tokens that arrive meanwhile are merged into the next
+// response, so a slow reader costs one growing message, never a growing queue. The
+// reactor frees itself in OnDone; the scheduler may hold this object (as the request's
+// sink) a little longer, so it is shared and forgets the call on OnDone.
+class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+                           public RequestSink,
+                           public std::enable_shared_from_this<GenerateCall> {
+ public:
+  GenerateCall(grpc::CallbackServerContext* context, Metrics* metrics)
+      : context_(context), metrics_(metrics) {}
+
+  void Start(std::shared_ptr<GenerateCall> self) { self_ = std::move(self); }
+
+  void SetRequestId(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    request_id_ = id;
+    pending_.set_request_id(id);
+  }
+
+  // Before submission: the call's deadline, for the scheduler.
+  Clock::time_point Deadline() const {
+    const auto deadline = context_->deadline();
+    if (deadline == std::chrono::system_clock::time_point::max()) return Clock::time_point::max();
+    return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                              deadline - std::chrono::system_clock::now());
+  }
+  bool DeadlinePassed() const { return std::chrono::system_clock::now() >= context_->deadline(); }
+
+  void OnTokens(TokenChunk chunk) override {
+    {
+      absl::MutexLock lock(&mu_);
+      Append(chunk, &pending_);
+      has_pending_ = true;
+    }
+    Pump();
+  }
+
+  void OnFinish(TokenChunk tail, FinishReason reason, const RequestUsage& usage,
+                const absl::Status& status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      Append(tail, &pending_);
+      pending_.set_finish_reason(ToProto(reason));
+      v1::Usage* u = pending_.mutable_usage();
+      u->set_prompt_tokens(usage.prompt_tokens);
+      u->set_completion_tokens(usage.completion_tokens);
+      u->set_time_to_first_token_s(usage.time_to_first_token_s);
+      u->set_total_time_s(usage.total_time_s);
+      u->set_queue_time_s(usage.queue_time_s);
+      has_pending_ = true;
+      finished_ = true;
+      if (!status.ok()) {
+        final_status_ = grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message()));
+      } else if (reason == FinishReason::kDeadline) {
+        final_status_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                     "the deadline expired during generation");
+      } else if (reason == FinishReason::kCancelled) {
+        final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      }
+    }
+    Pump();
+  }
+
+  // Ends the call with an error before anything was generated.
+  void Fail(const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+      has_pending_ = false;
+      final_status_ = status;
+    }
+    Pump();
+  }
+
+  bool finished() {
+    absl::MutexLock lock(&mu_);
+    return finished_;
+  }
+  // After a successful Submit: from now on OnCancel goes through the scheduler. True when
+  // the client cancelled in between (the caller then aborts the request).
+  bool MarkSubmitted(Scheduler* scheduler) {
+    absl::MutexLock lock(&mu_);
+    submitted_ = true;
+    scheduler_ = scheduler;
+    return cancelled_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) write_failed_ = true;  // the client went away: finish without more writes
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    Scheduler* scheduler;
+    std::string id;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      scheduler = submitted_ ? scheduler_ : nullptr;
+      id = request_id_;
+    }
+    const FinishReason reason = DeadlinePassed() ? FinishReason::kDeadline : FinishReason::kCancelled;
+    if (scheduler != nullptr) {
+      scheduler->Abort(id, reason);  // the scheduler's OnFinish ends the call
+    } else {
+      metrics_->RequestFinished(reason == FinishReason::kDeadline ? "deadline" : "cancelled");
+      Fail(reason == FinishReason::kDeadline
+               ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the deadline expired while "
+                                                                    "the model was loading")
+               : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    }
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    self_.reset();  // may delete this
+  }
+
+ private:
+  // Starts the next write, or finishes the call once everything is written. The gRPC
+  // calls are made outside the lock: a reaction may run inline.
+  void Pump() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_ || finish_called_ || writing_) return;
+      if (has_pending_ && !write_failed_) {
+        in_flight_ = std::move(pending_);
+        pending_.Clear();
+        pending_.set_request_id(request_id_);
+        has_pending_ = false;
+        writing_ = true;
+        action = kWrite;
+      } else if (finished_ || write_failed_) {
+        if (!finished_) return;  // the scheduler still owes OnFinish (the cancel reaches it)
+        finish_called_ = true;
+        status = final_status_;
+        action = kFinish;
+      }
+    }
+    if (action == kWrite) StartWrite(&in_flight_);
+    if (action == kFinish) Finish(status);
+  }
+
+  grpc::CallbackServerContext* context_;
+  Metrics* metrics_;
+  std::shared_ptr<GenerateCall> self_;  // keeps the reactor alive until OnDone
+
+  absl::Mutex mu_;
+  std::string request_id_;
+  v1::GenerateResponse pending_;
+  v1::GenerateResponse in_flight_;
+  bool has_pending_ = false;
+  bool writing_ = false;
+  bool write_failed_ = false;
+  bool finished_ = false;
+  bool finish_called_ = false;
+  bool cancelled_ = false;
+  bool submitted_ = false;
+  bool done_ = false;
+  Scheduler* scheduler_ = nullptr;
+  grpc::Status final_status_;
+};
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+void InferenceService::SetModel(ServingModel* model) {
+  std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting;
+  {
+    absl::MutexLock lock(&mu_);
+    model_ = model;
+    waiting.swap(waiting_);
+  }
+  for (auto& fn : waiting) fn(model, absl::OkStatus());
+}
+
+void InferenceService::SetFailed(const absl::Status& status) {
+  std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting;
+  const absl::Status unavailable =
+      absl::UnavailableError(absl::StrCat("the model failed to load: ", status.message()));
+  {
+    absl::MutexLock lock(&mu_);
+    failed_ = unavailable;
+    waiting.swap(waiting_);
+  }
+  for (auto& fn : waiting) fn(nullptr, unavailable);
+}
+
+void InferenceService::WhenReady(std::function<void(ServingModel*, const absl::Status&)> fn) {
+  ServingModel* model;
+  absl::Status failed;
+  {
+    absl::MutexLock lock(&mu_);
+    if (model_ == nullptr && failed_.ok()) {
+      waiting_.push_back(std::move(fn));
+      return;
+    }
+    model = model_;
+    failed = failed_;
+  }
+  fn(model, failed);
+}
+
+absl::StatusOr<ServingModel*> InferenceService::Ready() {
+  absl::MutexLock lock(&mu_);
+  if (model_ != nullptr) return model_;
+  if (!failed_.ok()) return failed_;
+  return absl::UnavailableError("the model is still loading; retry (or call Generate, which waits)");
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  auto call = std::make_shared<GenerateCall>(context, metrics_);
+  call->Start(call);
+  call->SetRequestId(request->request_id());
+  // The request is copied: a call waiting for the model outlives this handler.
+  auto copy = std::make_shared<v1::GenerateRequest>(*request);
+  std::weak_ptr<GenerateCall> weak = call;
+  WhenReady([this, weak, copy](ServingModel* model, const absl::Status& failed) {
+    std::shared_ptr<GenerateCall> call = weak.lock();
+    if (call == nullptr || call->finished()) return;  // cancelled or timed out while waiting
+    if (model == nullptr) {
+      metrics_->RequestFinished("error");
+      call->Fail(ToGrpc(failed));
+      return;
+    }
+    auto built = BuildGenerationRequest(*copy, model->limits());
+    if (!built.ok()) {
+      metrics_->RequestFinished("rejected");
+      call->Fail(ToGrpc(built.status()));
+      return;
+    }
+    call->SetRequestId(built->id);
+    built->deadline = call->Deadline();
+    built->sink = call;
+    const std::string id = built->id;
+    if (absl::Status s = model->scheduler().Submit(std::move(*built)); !s.ok()) {
+      call->Fail(ToGrpc(s));
+      return;
+    }
+    if (call->MarkSubmitted(&model->scheduler())) {
+      model->scheduler().Abort(id, FinishReason::kCancelled);
+    }
+  });
+  return call.get();
+}
+
+grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const v1::TokenizeRequest* request,
+                                                     v1::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto model = Ready();
+  if (!model.ok()) {
+    reactor->Finish(ToGrpc(model.status()));
+    return reactor;
+  }
+  auto ids = TokenizeIds(*request, (*model)->limits());
+  if (!ids.ok()) {
+    reactor->Finish(ToGrpc(ids.status()));
+    return reactor;
+  }
+  const Tokenizer* tokenizer = (*model)->tokenizer();
+  for (int32_t id : *ids) {
+    response->add_token_ids(id);
+    response->add_tokens(tokenizer->Decode({id}, /*skip_special_tokens=*/false));
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                         const v1::GetModelInfoRequest* request,
+                                                         v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto model = Ready();
+  if (model.ok()) *response = (*model)->info();
+  reactor->Finish(model.ok() ? grpc::Status::OK : ToGrpc(model.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Abort(grpc::CallbackServerContext* context,
+                                                  const v1::AbortRequest* request,
+                                                  v1::AbortResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->request_id().empty()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty"));
+    return reactor;
+  }
+  auto model = Ready();
+  if (model.ok()) {
+    response->set_found((*model)->scheduler().Abort(request->request_id(), FinishReason::kAborted));
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace ember::worker

@@ -1,0 +1,57 @@
+// ember.v1.Inference over gRPC's callback API. The service exists before the model: the
+// port opens at start-up, Generate calls that arrive while the model loads wait for it
+// (within their deadline), and the other calls answer UNAVAILABLE until it is ready.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "ember/v1/inference.grpc.pb.h"
+#include "worker/serve/metrics.h"
+#include "worker/serve/serving_model.h"
+
+namespace ember::worker {
+
+class InferenceService final : public v1::Inference::CallbackService {
+ public:
+  explicit InferenceService(Metrics* metrics) : metrics_(metrics) {}
+
+  // The model is ready: waiting Generate calls are submitted now.
+  void SetModel(ServingModel* model);
+  // The model failed to load: waiting and later calls get UNAVAILABLE with `status`.
+  void SetFailed(const absl::Status& status);
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const v1::AbortRequest* request,
+                                  v1::AbortResponse* response) override;
+
+ private:
+  // Runs `fn` with the model once it is ready (now if it is), or with null and the load
+  // error if loading failed.
+  void WhenReady(std::function<void(ServingModel*, const absl::Status&)> fn);
+  // The ready model, or an UNAVAILABLE status saying why there is none.
+  absl::StatusOr<ServingModel*> Ready();
+
+  Metrics* metrics_;
+  absl::Mutex mu_;
+  ServingModel* model_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Status failed_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting_ ABSL_GUARDED_BY(mu_);
+};
+
+// absl::Status -> grpc::Status, same code and message.
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace ember::worker

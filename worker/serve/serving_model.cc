@@ -1,0 +1,138 @@
+#include "worker/serve/serving_model.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "loader/log.h"
+#include "loader/status_macros.h"
+#include "worker/model_weights.h"
+
+namespace ember::worker {
+namespace {
+
+absl::Status WithSource(const std::string& source, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(source, ": ", status.message()));
+}
+
+// The element type of the embedding (mixes are allowed; this is the one most weights use).
+std::string DtypeName(const loader::LoadedModel& model) {
+  const loader::WeightView* embed = model.Find("model.embed_tokens.weight");
+  if (embed == nullptr) return "unknown";
+  switch (embed->dtype) {
+    case loader::Dtype::kBF16: return "bfloat16";
+    case loader::Dtype::kF16: return "float16";
+    case loader::Dtype::kF32: return "float32";
+    default: return "unknown";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOptions& options,
+                                                                 Metrics* metrics) {
+  auto model = std::unique_ptr<ServingModel>(new ServingModel());
+  const std::string& source = options.source;
+
+  // The backend: CUDA when usable (auto), else the CPU reference.
+  absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
+  if (options.backend == "auto") {
+    backend = kernels::MakeBackend("cuda");
+    if (!backend.ok()) {
+      LogInfo("worker", "using the CPU backend", {{"reason", std::string(backend.status().message())}});
+      backend = kernels::MakeBackend("cpu");
+    }
+  } else {
+    backend = kernels::MakeBackend(options.backend);
+  }
+  if (!backend.ok()) return backend.status();
+  model->backend_ = std::move(*backend);
+
+  loader::LoadOptions load;
+  load.target = model->backend_->is_device() ? loader::Target::kDevice : loader::Target::kHost;
+  load.require_tokenizer = false;  // a model without one serves token ids
+  load.mirror_dir = options.cache_dir;
+  load.on_progress = options.on_progress;
+  EMBER_ASSIGN_OR_RETURN(model->loaded_, loader::LoadModel(source, load));
+  const loader::LoadedModel& loaded = model->loaded_;
+
+  auto config_file = loaded.files.find("config.json");
+  if (config_file == loaded.files.end()) {
+    return absl::NotFoundError(absl::StrCat(source, ": no config.json"));
+  }
+  auto config = ParseModelConfig(config_file->second);
+  if (!config.ok()) return WithSource(source, config.status());
+  model->config_ = std::move(*config);
+
+  if (auto tok = loaded.files.find("tokenizer.json"); tok != loaded.files.end()) {
+    auto tc = loaded.files.find("tokenizer_config.json");
+    auto tokenizer = Tokenizer::Load(tok->second, tc == loaded.files.end() ? "" : tc->second);
+    if (!tokenizer.ok()) return WithSource(source, tokenizer.status());
+    model->tokenizer_ = std::move(*tokenizer);
+    auto chat = ChatTemplate::Recognize(model->tokenizer_->chat_template(),
+                                        model->tokenizer_->bos_token(),
+                                        model->tokenizer_->eos_token());
+    if (chat.ok()) {
+      model->chat_template_ = std::move(*chat);
+    } else {
+      model->limits_.chat_template_error = chat.status();
+      LogInfo("worker", "chat messages are not accepted",
+              {{"reason", std::string(chat.status().message())}});
+    }
+  } else {
+    model->limits_.chat_template_error =
+        absl::FailedPreconditionError("the model has no tokenizer.json");
+  }
+
+  auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
+  if (!weights.ok()) return WithSource(source, weights.status());
+  EngineOptions engine_options;
+  engine_options.max_sequences = options.max_batch;
+  engine_options.max_step_tokens = std::max(options.max_step_tokens, options.max_batch);
+  engine_options.kv_memory_fraction = options.kv_memory_fraction;
+  engine_options.kv_blocks = options.kv_blocks;
+  EMBER_ASSIGN_OR_RETURN(model->engine_, Engine::Create(*model->config_, std::move(*weights),
+                                                        model->backend_.get(), engine_options));
+
+  std::vector<int32_t> eos = model->config_->eos_token_ids;
+  if (model->tokenizer_ && model->tokenizer_->eos_id() &&
+      std::find(eos.begin(), eos.end(), *model->tokenizer_->eos_id()) == eos.end()) {
+    eos.push_back(*model->tokenizer_->eos_id());
+  }
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_batch = options.max_batch;
+  scheduler_options.max_queue = options.max_queue;
+  model->scheduler_ = std::make_unique<Scheduler>(model->engine_.get(), model->tokenizer(), eos,
+                                                  scheduler_options, metrics);
+
+  ModelLimits& limits = model->limits_;
+  limits.vocab_size = static_cast<int32_t>(model->config_->vocab_size);
+  limits.max_context = model->engine_->max_context();
+  limits.tokenizer = model->tokenizer();
+  limits.chat_template = model->chat_template_ ? &*model->chat_template_ : nullptr;
+
+  v1::ModelInfo& info = model->info_;
+  info.set_source(loaded.source);
+  info.set_architecture(model->config_->architecture);
+  info.set_context_length(limits.max_context);
+  info.set_vocab_size(limits.vocab_size);
+  info.set_dtype(DtypeName(loaded));
+  info.set_backend(std::string(model->backend_->name()));
+  info.set_weight_bytes(loaded.bytes_streamed);
+  info.set_max_batch(options.max_batch);
+  info.set_kv_cache_tokens(model->engine_->kv_cache().num_blocks() *
+                           model->engine_->options().block_size);
+  for (int32_t id : eos) info.add_eos_token_ids(id);
+  info.set_chat_template(limits.chat_template != nullptr);
+  v1::LoadTimings* timings = info.mutable_timings();
+  timings->set_headers_s(options.process_start_s + loaded.timings.headers_s);
+  timings->set_first_byte_s(options.process_start_s + loaded.timings.first_byte_s);
+  timings->set_weights_s(options.process_start_s + loaded.timings.copy_done_s);
+  return model;
+}
+
+ServingModel::~ServingModel() {
+  scheduler_.reset();  // before the engine it drives
+  engine_.reset();
+}
+
+}  // namespace ember::worker

@@ -1,0 +1,64 @@
+// A model made ready to serve: loaded through the loader, its config, tokenizer and chat
+// template parsed, its weights bound, the engine and its KV cache created and the
+// scheduler running.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ember/v1/inference.pb.h"
+#include "kernels/backend.h"
+#include "loader/model_loader.h"
+#include "worker/chat_template.h"
+#include "worker/engine.h"
+#include "worker/model_config.h"
+#include "worker/serve/metrics.h"
+#include "worker/serve/request_builder.h"
+#include "worker/serve/scheduler.h"
+#include "worker/tokenizer.h"
+
+namespace ember::worker {
+
+struct ServingOptions {
+  std::string source;            // model URI
+  std::string backend = "auto";  // cpu, cuda or auto
+  int max_batch = 64;
+  int max_queue = 256;
+  int max_step_tokens = 512;
+  double kv_memory_fraction = 0.9;
+  int64_t kv_blocks = 0;  // > 0: exactly this many
+  std::string cache_dir;  // optional node cache (mirror of the source)
+  // Seconds since process start, for the load timings.
+  double process_start_s = 0;
+  std::function<void(const loader::LoadProgress&)> on_progress;
+};
+
+class ServingModel {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServingModel>> Load(const ServingOptions& options,
+                                                            Metrics* metrics);
+  ~ServingModel();
+
+  Scheduler& scheduler() { return *scheduler_; }
+  const ModelLimits& limits() const { return limits_; }
+  const Tokenizer* tokenizer() const { return tokenizer_ ? &*tokenizer_ : nullptr; }
+  const v1::ModelInfo& info() const { return info_; }
+  v1::ModelInfo& mutable_info() { return info_; }
+
+ private:
+  ServingModel() = default;
+
+  std::unique_ptr<kernels::Backend> backend_;
+  loader::LoadedModel loaded_;
+  std::optional<ModelConfig> config_;
+  std::optional<Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> chat_template_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Scheduler> scheduler_;
+  ModelLimits limits_;
+  v1::ModelInfo info_;
+};
+
+}  // namespace ember::worker

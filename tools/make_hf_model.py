@@ -17,8 +17,12 @@ takes text and chat messages (the worker's end-to-end tests).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
+
+BENCH_MODELS = Path(__file__).resolve().parents[1] / "models" / "bench"
 
 # Small models: hidden 256 so head_dim 64 and 128 both fit; 2 layers; odd vocabularies.
 # initializer_range 0.1 spreads the logits so greedy choices are decisive.
@@ -96,6 +100,19 @@ def make_model(variant: str, out_dir: str | Path, dtype: str = "float32", seed: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
+
+
+def cached_bench_model(variant: str) -> Path:
+    """models/bench/VARIANT-bf16, made on first use (BF16, seed 0) in a temporary directory and
+    renamed, so an interrupted run never leaves a half-written model that later runs would reuse."""
+    path = BENCH_MODELS / f"{variant}-bf16"
+    if not path.exists():
+        print(f"make_hf_model: creating {variant} (random BF16 weights) in {path}", file=sys.stderr)
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_model(variant, tmp, dtype="bfloat16")
+        os.replace(tmp, path)
+    return path
 
 
 def _random_word(i: int) -> str:

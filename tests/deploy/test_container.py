@@ -42,6 +42,7 @@ SONAME_PACKAGES = [
     (r"libre2\.so", "libre2-10"),
     (r"libgomp\.so", "libgomp1"),  # OpenMP threads of the CPU backend
     (r"libutf8proc\.so", "libutf8proc3"),  # the tokenizer's Unicode normalization
+    (r"libmicrohttpd\.so", "libmicrohttpd12t64"),  # the worker's /metrics endpoint
     (r"(libc|libm|libdl|librt|libpthread|libresolv)\.so|ld-linux[\w-]*\.so|linux-vdso\.so", BASE_IMAGE),
     (r"libstdc\+\+\.so|libgcc_s\.so|libz\.so", BASE_IMAGE),
     (r"libcudart\.so|libcublas(Lt)?\.so|libcurand\.so|libnvrtc[\w-]*\.so|libnvJitLink\.so", BASE_IMAGE),

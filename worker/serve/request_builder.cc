@@ -106,6 +106,9 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& reques
 
 absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateRequest& request,
                                                          const ModelLimits& model) {
+  if (auto problem = v1::Utf8Problem(request); problem.has_value()) {
+    return absl::InvalidArgumentError(*problem);
+  }
   GenerationRequest out;
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
@@ -206,6 +209,9 @@ absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateReque
 
 absl::StatusOr<std::vector<int32_t>> TokenizeIds(const v1::TokenizeRequest& request,
                                                  const ModelLimits& model) {
+  if (auto problem = v1::Utf8Problem(request); problem.has_value()) {
+    return absl::InvalidArgumentError(*problem);
+  }
   const bool add_special = request.has_add_special_tokens() ? request.add_special_tokens() : true;
   switch (request.input_case()) {
     case v1::TokenizeRequest::kText:

@@ -69,7 +69,7 @@ Scheduler::Scheduler(Engine* engine, const Tokenizer* tokenizer, std::vector<int
       eos_ids_(std::move(eos_ids)),
       options_(options),
       metrics_(metrics) {
-  metrics_->SetKvBlocks(0, engine_->kv_cache().free_blocks());
+  PublishKv();
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -92,6 +92,10 @@ absl::Status Scheduler::Submit(GenerationRequest request) {
     return absl::UnavailableError("the worker is draining and accepts no new requests; retry "
                                   "on another replica");
   }
+  if (by_id_.contains(request.id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request_id '", request.id, "' is already queued or running"));
+  }
   if (blocks > engine_->kv_cache().num_blocks()) {
     metrics_->RequestFinished("rejected");
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -103,10 +107,6 @@ absl::Status Scheduler::Submit(GenerationRequest request) {
     metrics_->RequestFinished("rejected");
     return absl::ResourceExhaustedError(absl::StrCat(
         "the waiting queue is full (max_queue ", options_.max_queue, " requests); retry later"));
-  }
-  if (by_id_.contains(request.id)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("request_id '", request.id, "' is already queued or running"));
   }
   auto a = std::make_unique<Active>();
   a->blocks = blocks;
@@ -142,7 +142,7 @@ void Scheduler::StopAdmitting() {
 bool Scheduler::WaitIdle(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return queue_.empty() && running_.empty();
+    return queue_.empty() && running_.empty() && delivering_ == 0;
   };
   return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
 }
@@ -255,6 +255,7 @@ void Scheduler::RunStep() {
     for (Active* a : owners) Finish(a, FinishReason::kError, {}, outputs.status());
     return;
   }
+  PublishKv();  // before any token reaches a client
   int generated = 0;
   size_t out = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -269,6 +270,9 @@ void Scheduler::RunStep() {
     AcceptToken(a, token, a->request.params.top_logprobs > 0 ? &logprobs : nullptr);
   }
   metrics_->Step(static_cast<int>(inputs.size()), generated);
+}
+
+void Scheduler::PublishKv() {
   const int64_t free = engine_->kv_cache().free_blocks();
   metrics_->SetKvBlocks(engine_->kv_cache().num_blocks() - free, free);
 }
@@ -374,7 +378,10 @@ void Scheduler::AcceptToken(Active* a, int32_t token, const TokenLogprobs* logpr
 void Scheduler::Finish(Active* a, FinishReason reason, TokenChunk tail, const absl::Status& status) {
   if (a->done) return;
   a->done = true;
-  if (a->sequence != 0 && engine_->HasSequence(a->sequence)) engine_->RemoveSequence(a->sequence);
+  if (a->sequence != 0 && engine_->HasSequence(a->sequence)) {
+    engine_->RemoveSequence(a->sequence);
+    PublishKv();
+  }
   const Clock::time_point now = Clock::now();
   const GenerationRequest& r = a->request;
   RequestUsage usage;
@@ -383,6 +390,22 @@ void Scheduler::Finish(Active* a, FinishReason reason, TokenChunk tail, const ab
   usage.time_to_first_token_s = a->generated > 0 ? Seconds(a->first_token - r.arrival) : 0;
   usage.total_time_s = Seconds(now - r.arrival);
   usage.queue_time_s = Seconds((a->sequence != 0 ? a->admitted : now) - r.arrival);
+  // Forget the id before the client hears the end, so it may reuse the id at once.
+  std::unique_ptr<Active> owned;
+  {
+    absl::MutexLock lock(&mu_);
+    if (a->sequence != 0) reserved_blocks_ -= a->blocks;
+    by_id_.erase(r.id);
+    for (auto it = running_.begin(); it != running_.end(); ++it) {
+      if (it->get() == a) {
+        owned = std::move(*it);
+        running_.erase(it);
+        break;
+      }
+    }
+    ++delivering_;
+    PublishLoad();
+  }
   if (a->sequence != 0) metrics_->PromptTokens(a->prompt_len);
   metrics_->RequestFinished(Outcome(reason));
   LogInfo("request", "finished",
@@ -395,19 +418,8 @@ void Scheduler::Finish(Active* a, FinishReason reason, TokenChunk tail, const ab
            {"queue_s", usage.queue_time_s},
            {"error", status.ok() ? "" : std::string(status.message())}});
   r.sink->OnFinish(std::move(tail), reason, usage, status);
-
-  std::unique_ptr<Active> owned;
   absl::MutexLock lock(&mu_);
-  if (a->sequence != 0) reserved_blocks_ -= a->blocks;
-  by_id_.erase(r.id);
-  for (auto it = running_.begin(); it != running_.end(); ++it) {
-    if (it->get() == a) {
-      owned = std::move(*it);
-      running_.erase(it);
-      break;
-    }
-  }
-  PublishLoad();
+  --delivering_;
 }
 
 }  // namespace ember::worker

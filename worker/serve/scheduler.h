@@ -143,6 +143,7 @@ class Scheduler {
                      TokenLogprobs* logprobs);
   void Finish(Active* a, FinishReason reason, TokenChunk tail, const absl::Status& status);
   void PublishLoad() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishKv();  // scheduler thread (or before it starts)
 
   Engine* engine_;
   const Tokenizer* tokenizer_;
@@ -155,6 +156,7 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> running_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Active*> by_id_ ABSL_GUARDED_BY(mu_);
   int64_t reserved_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  int delivering_ ABSL_GUARDED_BY(mu_) = 0;  // finished, OnFinish not yet returned
   bool admitting_ ABSL_GUARDED_BY(mu_) = true;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_sequence_ = 1;  // scheduler thread only

@@ -1,0 +1,79 @@
+"""Fixtures for the worker's end-to-end tests: models made by transformers, a local S3 server
+holding them, and ember-worker processes serving them from s3:// over real TCP."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+from make_hf_model import add_chat_tokenizer, make_model  # noqa: E402
+from objstore import LocalS3, place  # noqa: E402
+from worker_process import WorkerProcess, stubs  # noqa: E402
+
+BUCKET = "models"
+
+
+@pytest.fixture(scope="session")
+def pb():
+    return stubs()[0]
+
+
+@pytest.fixture(scope="session")
+def s3_root(tmp_path_factory) -> Path:
+    """The S3 server's root: bucket `models` with `tiny` (fast, with a chat tokenizer) and
+    `slow` (SmolLM2-135M's shape, random weights: long generations take seconds on a CPU)."""
+    root = tmp_path_factory.mktemp("s3root")
+    models = tmp_path_factory.mktemp("models")
+    make_model("llama-gqa", models / "tiny", dtype="float32")
+    add_chat_tokenizer(models / "tiny", 1000)
+    make_model("smollm2-135m", models / "slow", dtype="bfloat16")
+    place(models / "tiny", root / BUCKET / "tiny")
+    place(models / "slow", root / BUCKET / "slow")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(s3_root) -> Path:
+    return s3_root / BUCKET / "tiny"
+
+
+@pytest.fixture(scope="session")
+def s3(s3_root):
+    with LocalS3(s3_root, etag_hash=None) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def start_worker(s3):
+    """start_worker(model, *flags, env=..., wait_serving=True) -> a started WorkerProcess,
+    stopped (drained) at the end of the session if the test did not stop it."""
+    workers = []
+
+    def start(model: str, *flags: str, env: dict | None = None, wait_serving: bool = True,
+              endpoint: str | None = None) -> WorkerProcess:
+        environment = {**s3.env(), **(env or {})}
+        if endpoint:
+            environment["AWS_ENDPOINT_URL"] = endpoint
+        worker = WorkerProcess(f"s3://{BUCKET}/{model}", args=["--backend=cpu", *flags], env=environment)
+        workers.append(worker)
+        return worker.start(wait_serving=wait_serving)
+
+    yield start
+    for worker in workers:
+        worker.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny(start_worker):
+    """The fast model, chunked prefill of 64 tokens, room for 64 sequences."""
+    return start_worker("tiny", "--max_step_tokens=64", "--kv_blocks=2048", "--max_queue=64")
+
+
+@pytest.fixture(scope="module")
+def stub(tiny):
+    return tiny.stub()

@@ -449,3 +449,24 @@ def test_request_log_never_contains_the_prompt(tiny, stub, pb):
     assert entry["prompt_tokens"] > 0 and entry["completion_tokens"] == 2
     assert entry["finish_reason"] == "length"
     assert secret not in tiny.log_text()
+
+
+def test_grpc_port_speaks_h2c_with_prior_knowledge(tiny):
+    # What Kubernetes' appProtocol kubernetes.io/h2c promises to proxies (the KEDA interceptor,
+    # Knative's activator): cleartext HTTP/2 without an upgrade. curl sends one gRPC health
+    # check as a raw HTTP/2 POST (a 5-byte frame header and an empty HealthCheckRequest).
+    import shutil
+    import subprocess
+    curl = shutil.which("curl")
+    if curl is None or "HTTP2" not in subprocess.run([curl, "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("curl with HTTP/2 support is not installed")
+    out = subprocess.run(
+        [curl, "-sS", "--http2-prior-knowledge", "-X", "POST", "--max-time", "10",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary", "@-",
+         "-D", "-", "-o", "/dev/null", f"http://{tiny.address}/grpc.health.v1.Health/Check"],
+        input=b"\x00\x00\x00\x00\x00", capture_output=True, timeout=30)
+    headers = out.stdout.decode().lower()
+    assert out.returncode == 0, out.stderr.decode()
+    assert headers.startswith("http/2 200"), headers
+    assert "content-type: application/grpc" in headers
+    assert "grpc-status: 0" in headers  # in the trailers, which -D prints too

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "loader/log.h"
+#include "loader/node_cache.h"
 #include "loader/status_macros.h"
 #include "worker/model_weights.h"
 
@@ -50,9 +51,15 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   loader::LoadOptions load;
   load.target = model->backend_->is_device() ? loader::Target::kDevice : loader::Target::kHost;
   load.require_tokenizer = false;  // a model without one serves token ids
-  load.mirror_dir = options.cache_dir;
   load.on_progress = options.on_progress;
-  EMBER_ASSIGN_OR_RETURN(model->loaded_, loader::LoadModel(source, load));
+  loader::CacheReport cache;
+  EMBER_ASSIGN_OR_RETURN(model->loaded_,
+                         loader::LoadModelCached(source, load, options.cache_dir, &cache));
+  if (cache.outcome != loader::CacheOutcome::kDisabled) {
+    LogInfo("cache", loader::CacheOutcomeName(cache.outcome),
+            {{"entry", cache.entry_dir}, {"reason", cache.reason}});
+  }
+  model->cache_outcome_ = loader::CacheOutcomeName(cache.outcome);
   const loader::LoadedModel& loaded = model->loaded_;
 
   auto config_file = loaded.files.find("config.json");

@@ -46,6 +46,8 @@ class ServingModel {
   const Tokenizer* tokenizer() const { return tokenizer_ ? &*tokenizer_ : nullptr; }
   const v1::ModelInfo& info() const { return info_; }
   v1::ModelInfo& mutable_info() { return info_; }
+  // How the node cache served the load: disabled, hit, filled or bypassed.
+  const std::string& cache_outcome() const { return cache_outcome_; }
 
  private:
   ServingModel() = default;
@@ -59,6 +61,7 @@ class ServingModel {
   std::unique_ptr<Scheduler> scheduler_;
   ModelLimits limits_;
   v1::ModelInfo info_;
+  std::string cache_outcome_;
 };
 
 }  // namespace ember::worker

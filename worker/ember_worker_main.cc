@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
+#include "google/protobuf/stubs/logging.h"
+#include "nlohmann/json.hpp"
 #include "worker/serve/metrics.h"
 #include "worker/serve/service.h"
 #include "worker/serve/serving_model.h"
@@ -29,7 +32,7 @@
 ABSL_FLAG(std::string, model, "", "Model source: s3://BUCKET/PREFIX, https://..., file://PATH or a path [EMBER_MODEL]");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port, 0 for a free one [EMBER_GRPC_PORT, else PORT as Knative sets it]");
 ABSL_FLAG(int, metrics_port, 9090, "Prometheus /metrics HTTP port, 0 for a free one, -1 to disable [EMBER_METRICS_PORT]");
-ABSL_FLAG(std::string, listen_address, "0.0.0.0", "Address both ports listen on [EMBER_LISTEN_ADDRESS]");
+ABSL_FLAG(std::string, listen_address, "0.0.0.0", "Address the gRPC port listens on (/metrics listens on all) [EMBER_LISTEN_ADDRESS]");
 ABSL_FLAG(int, max_batch, 64, "Sequences generating at once [EMBER_MAX_BATCH]");
 ABSL_FLAG(int, max_queue, 256, "Requests waiting for admission before RESOURCE_EXHAUSTED [EMBER_MAX_QUEUE]");
 ABSL_FLAG(int, max_step_tokens, 512, "Tokens per forward step: the prefill chunk size [EMBER_MAX_STEP_TOKENS]");
@@ -95,6 +98,17 @@ bool ApplyEnvironment(std::string* error) {
   return true;
 }
 
+// protobuf's own log lines (e.g. "String field ... contains invalid UTF-8" for a request the
+// service then refuses) go into the JSON log: client mistakes at debug level, the rest as
+// warnings.
+void ProtobufLog(google::protobuf::LogLevel level, const char* file, int line,
+                 const std::string& message) {
+  const bool client_mistake = message.find("invalid UTF-8") != std::string::npos;
+  ember::Log(level <= google::protobuf::LOGLEVEL_WARNING || client_mistake ? ember::LogLevel::kDebug
+                                                                           : ember::LogLevel::kWarning,
+             "protobuf", message, {{"file", file}, {"line", line}});
+}
+
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -144,6 +158,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  google::protobuf::SetLogHandler(&ProtobufLog);
   ember::worker::Metrics metrics;
   std::unique_ptr<ember::worker::MetricsServer> metrics_server;
   if (metrics_port >= 0) {
@@ -185,10 +200,30 @@ int main(int argc, char** argv) {
 
   // Load in the background; the port is already answering.
   std::unique_ptr<ember::worker::ServingModel> model;
+  std::atomic<bool> draining{false};
   absl::Notification load_finished;
   int exit_code = 0;
   absl::Mutex exit_mu;
-  serving.process_start_s = SecondsSince(process_start);
+  serving.process_start = process_start;
+  // The cold-start record: phases as [start, end] seconds after process start, completed by
+  // the first token of the first request and then logged as one line.
+  nlohmann::json coldstart = {{"phases", nlohmann::json::array()}};
+  coldstart["phases"].push_back({{"name", "listening"}, {"start_s", 0.0}, {"end_s", SecondsSince(process_start)}});
+  absl::Mutex coldstart_mu;
+  bool coldstart_logged = false;
+  serving.on_first_token = [&](std::chrono::steady_clock::time_point arrival,
+                               std::chrono::steady_clock::time_point first) {
+    absl::MutexLock lock(&coldstart_mu);
+    if (coldstart_logged || !coldstart.contains("serving_s")) return;
+    coldstart_logged = true;
+    auto at = [&](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration<double>(t - process_start).count();
+    };
+    coldstart["phases"].push_back({{"name", "first_request"}, {"start_s", at(arrival)}, {"end_s", at(first)}});
+    coldstart["first_token_s"] = at(first);
+    metrics.ColdStartPhase("first_token", at(first));
+    ember::LogInfo("worker", "coldstart", coldstart);
+  };
   double last_logged = -1;
   serving.on_progress = [&](const ember::loader::LoadProgress& p) {
     if (p.seconds - last_logged < 2 && p.bytes_done < p.bytes_total) return;
@@ -214,13 +249,26 @@ int main(int argc, char** argv) {
     const double serving_s = SecondsSince(process_start);
     ember::v1::LoadTimings* t = model->mutable_info().mutable_timings();
     t->set_serving_s(serving_s);
-    metrics.ColdStartPhase("headers", t->headers_s());
-    metrics.ColdStartPhase("first_byte", t->first_byte_s());
-    metrics.ColdStartPhase("weights", t->weights_s());
-    metrics.ColdStartPhase("serving", serving_s);
+    {
+      absl::MutexLock lock(&coldstart_mu);
+      for (const ember::worker::Phase& p : model->phases()) {
+        coldstart["phases"].push_back({{"name", p.name}, {"start_s", p.start_s}, {"end_s", p.end_s}});
+        metrics.ColdStartPhase(p.name, p.end_s);
+      }
+      metrics.ColdStartPhase("first_byte", t->first_byte_s());
+      metrics.ColdStartPhase("serving", serving_s);
+      coldstart["first_byte_s"] = t->first_byte_s();
+      coldstart["serving_s"] = serving_s;
+      coldstart["cache"] = model->cache_outcome();
+      coldstart["weight_bytes"] = model->info().weight_bytes();
+      coldstart["backend"] = model->info().backend();
+      coldstart["model"] = model->info().source();
+    }
     service.SetModel(model.get());
-    health->SetServingStatus(true);
-    health->SetServingStatus(kServiceName, true);
+    if (!draining.load()) {  // a SIGTERM during the load keeps it NOT_SERVING
+      health->SetServingStatus(true);
+      health->SetServingStatus(kServiceName, true);
+    }
     ember::LogInfo("worker", "serving",
                    {{"t_s", serving_s},
                     {"backend", model->info().backend()},
@@ -232,12 +280,15 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  draining.store(true);
   const auto drain_start = std::chrono::steady_clock::now();
   ember::LogInfo("worker", "draining", {{"signal", signal_number}, {"drain_timeout_s", drain_timeout_s}});
   health->SetServingStatus(kServiceName, false);
   health->SetServingStatus(false);
   load_finished.WaitForNotification();  // a drain during the load waits for it to settle
   loader.join();
+  health->SetServingStatus(kServiceName, false);  // in case the load ended as the signal came
+  health->SetServingStatus(false);
   bool drained = true;
   if (model != nullptr) {
     ember::worker::Scheduler& scheduler = model->scheduler();

@@ -119,7 +119,7 @@ ModelLimits Limits(const Tokenizer* tokenizer) {
   limits.vocab_size = 10;
   limits.max_context = 64;
   limits.tokenizer = tokenizer;
-  limits.chat_template_error = absl::FailedPreconditionError("no chat template");
+  limits.chat_template_error = ChatTemplate::Recognize("", "", "").status();
   return limits;
 }
 
@@ -163,7 +163,8 @@ TEST(RequestBuilderTest, ChatWithoutATemplateSaysToSendAPrompt) {
   m->set_content("abc");
   auto built = BuildGenerationRequest(request, Limits(&tok));
   EXPECT_EQ(built.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(built.status().message().find("send a prompt instead"), std::string::npos);
+  EXPECT_EQ(built.status().message().rfind("chat: ", 0), 0u) << built.status();
+  EXPECT_NE(built.status().message().find("send a text prompt"), std::string::npos) << built.status();
 }
 
 TEST(RequestBuilderTest, NonUtf8TextOnTheWireIsNamedByItsField) {
@@ -308,20 +309,23 @@ TEST_F(SchedulerTest, AdmitsInArrivalOrderOnlyWhenTheBlocksCanBeHad) {
 }
 
 TEST_F(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
-  Start(/*kv_blocks=*/4, /*max_batch=*/1, /*max_queue=*/1);
+  Start(/*kv_blocks=*/40, /*max_batch=*/1, /*max_queue=*/1);
   auto sink = std::make_shared<RecordingSink>();
-  absl::Status too_big = scheduler_->Submit(Request("big", 16, 60, sink));  // 5 blocks
+  absl::Status too_big = scheduler_->Submit(Request("big", 16, 700, sink));  // 45 blocks
   EXPECT_EQ(too_big.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(too_big.message().find("more than the cache holds (4)"), std::string::npos) << too_big;
+  EXPECT_NE(too_big.message().find("more than the cache holds (40)"), std::string::npos) << too_big;
 
   auto running = std::make_shared<RecordingSink>();
   auto queued = std::make_shared<RecordingSink>();
   auto refused = std::make_shared<RecordingSink>();
-  ASSERT_TRUE(scheduler_->Submit(Request("r", 8, 50, running)).ok());
+  // r holds 38 of the 40 blocks for hundreds of steps; q waits for them; the queue (one
+  // place, no free batch slot) is then full.
+  ASSERT_TRUE(scheduler_->Submit(Request("r", 8, 600, running)).ok());
   while (running->ids().empty()) absl::SleepFor(absl::Milliseconds(1));  // admitted
-  ASSERT_TRUE(scheduler_->Submit(Request("q", 8, 50, queued)).ok());      // waits for blocks
+  ASSERT_TRUE(scheduler_->Submit(Request("q", 8, 600, queued)).ok());
   absl::Status full = scheduler_->Submit(Request("x", 8, 50, refused));
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("max_queue 1"), std::string::npos) << full;
   EXPECT_EQ(scheduler_->Submit(Request("q", 8, 5, std::make_shared<RecordingSink>())).code(),
             absl::StatusCode::kAlreadyExists);
   scheduler_->AbortAll(FinishReason::kAborted);

@@ -1,6 +1,7 @@
 #include "worker/serve/request_builder.h"
 
 #include <cmath>
+#include <limits>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -52,8 +53,8 @@ absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
                                              const ModelLimits& model) {
   if (model.tokenizer == nullptr) return NeedsTokenizer("chat");
   if (model.chat_template == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "chat: ", model.chat_template_error.message(), " (send a prompt instead)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("chat: ", model.chat_template_error.message()));
   }
   if (chat.messages().empty()) return Invalid("chat.messages", "empty");
   std::vector<ChatMessage> messages;
@@ -125,8 +126,8 @@ absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateReque
   // Sampling.
   const v1::SamplingParams& s = request.sampling();
   GenerationParams& p = out.params;
-  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.temperature", s.temperature(), 0, 1e6,
-                                    "a finite number >= 0"));
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.temperature", s.temperature(), 0,
+                                    std::numeric_limits<float>::max(), "a finite number >= 0"));
   p.sampling.temperature = s.temperature();
   if (s.top_k() < 0) return Invalid("sampling.top_k", absl::StrCat("must be >= 0, got ", s.top_k()));
   p.sampling.top_k = s.top_k();

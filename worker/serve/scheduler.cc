@@ -103,7 +103,9 @@ absl::Status Scheduler::Submit(GenerationRequest request) {
         " prompt tokens + max_tokens ", request.params.max_tokens, "), more than the cache holds (",
         engine_->kv_cache().num_blocks(), "); lower stopping.max_tokens"));
   }
-  if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+  // Requests the next step can admit (free batch slots) do not count as waiting.
+  const int free_slots = std::max(0, options_.max_batch - static_cast<int>(running_.size()));
+  if (static_cast<int>(queue_.size()) >= options_.max_queue + free_slots) {
     metrics_->RequestFinished("rejected");
     return absl::ResourceExhaustedError(absl::StrCat(
         "the waiting queue is full (max_queue ", options_.max_queue, " requests); retry later"));
@@ -335,6 +337,7 @@ void Scheduler::AcceptToken(Active* a, int32_t token, const TokenLogprobs* logpr
   if (a->generated == 0) {
     a->first_token = now;
     metrics_->TimeToFirstToken(Seconds(now - a->request.arrival));
+    if (options_.on_first_token) options_.on_first_token(a->request.arrival, now);
   } else {
     metrics_->InterTokenLatency(Seconds(now - a->last_token));
   }

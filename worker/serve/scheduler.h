@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -102,6 +103,9 @@ struct GenerationRequest {
 struct SchedulerOptions {
   int max_batch = 64;   // sequences running at once (the engine's max_sequences)
   int max_queue = 256;  // requests waiting for admission before RESOURCE_EXHAUSTED
+  // Called on the scheduler's thread with each request's arrival and first-token times
+  // (the worker reports its first request's in the cold-start line). Must not block.
+  std::function<void(Clock::time_point arrival, Clock::time_point first_token)> on_first_token;
 };
 
 class Scheduler {

@@ -265,13 +265,14 @@ absl::StatusOr<ServingModel*> InferenceService::Ready() {
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  const Clock::time_point arrival = Clock::now();  // usage and TTFT count the wait for the model
   auto call = std::make_shared<GenerateCall>(context, metrics_);
   call->Start(call);
   call->SetRequestId(request->request_id());
   // The request is copied: a call waiting for the model outlives this handler.
   auto copy = std::make_shared<v1::GenerateRequest>(*request);
   std::weak_ptr<GenerateCall> weak = call;
-  WhenReady([this, weak, copy](ServingModel* model, const absl::Status& failed) {
+  WhenReady([this, weak, copy, arrival](ServingModel* model, const absl::Status& failed) {
     std::shared_ptr<GenerateCall> call = weak.lock();
     if (call == nullptr || call->finished()) return;  // cancelled or timed out while waiting
     if (model == nullptr) {
@@ -286,6 +287,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
       return;
     }
     call->SetRequestId(built->id);
+    built->arrival = arrival;
     built->deadline = call->Deadline();
     built->sink = call;
     const std::string id = built->id;

@@ -1,6 +1,8 @@
 #include "worker/serve/serving_model.h"
 
 #include <algorithm>
+#include <chrono>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "loader/log.h"
@@ -34,32 +36,58 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   auto model = std::unique_ptr<ServingModel>(new ServingModel());
   const std::string& source = options.source;
 
-  // The backend: CUDA when usable (auto), else the CPU reference.
-  absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
-  if (options.backend == "auto") {
-    backend = kernels::MakeBackend("cuda");
-    if (!backend.ok()) {
-      LogInfo("worker", "using the CPU backend", {{"reason", std::string(backend.status().message())}});
-      backend = kernels::MakeBackend("cpu");
+  // The backend (CUDA context creation on a GPU: hundreds of ms) comes up on its own thread
+  // while the loader lists the source, reads the headers and streams the weights.
+  const Clock::time_point t0 = options.process_start;
+  auto since = [t0](Clock::time_point t) { return std::chrono::duration<double>(t - t0).count(); };
+  const std::string backend_choice = options.backend;
+  Clock::time_point backend_start = Clock::now(), backend_end;
+  auto backend_future = std::async(std::launch::async, [&backend_choice, &backend_end] {
+    absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
+    if (backend_choice == "auto") {
+      backend = kernels::MakeBackend("cuda");
+      if (!backend.ok()) {
+        LogInfo("worker", "using the CPU backend", {{"reason", std::string(backend.status().message())}});
+        backend = kernels::MakeBackend("cpu");
+      }
+    } else {
+      backend = kernels::MakeBackend(backend_choice);
     }
-  } else {
-    backend = kernels::MakeBackend(options.backend);
-  }
-  if (!backend.ok()) return backend.status();
-  model->backend_ = std::move(*backend);
+    backend_end = Clock::now();
+    return backend;
+  });
 
   loader::LoadOptions load;
-  load.target = model->backend_->is_device() ? loader::Target::kDevice : loader::Target::kHost;
+  // Into device memory unless the CPU backend was asked for; without a usable GPU the
+  // loader falls back to host memory, as the backend falls back to the CPU.
+  load.target = options.backend == "cpu" ? loader::Target::kHost : loader::Target::kDevice;
   load.require_tokenizer = false;  // a model without one serves token ids
   load.on_progress = options.on_progress;
   loader::CacheReport cache;
-  EMBER_ASSIGN_OR_RETURN(model->loaded_,
-                         loader::LoadModelCached(source, load, options.cache_dir, &cache));
+  const Clock::time_point load_start = Clock::now();
+  auto load_result = loader::LoadModelCached(source, load, options.cache_dir, &cache);
+  auto backend = backend_future.get();
+  if (!backend.ok()) return backend.status();
+  model->backend_ = std::move(*backend);
+  if (!load_result.ok()) return load_result.status();
+  model->loaded_ = std::move(*load_result);
   if (cache.outcome != loader::CacheOutcome::kDisabled) {
     LogInfo("cache", loader::CacheOutcomeName(cache.outcome),
             {{"entry", cache.entry_dir}, {"reason", cache.reason}});
   }
   model->cache_outcome_ = loader::CacheOutcomeName(cache.outcome);
+  const loader::LoadedModel& loaded_model = model->loaded_;
+  if (model->backend_->is_device() != (loaded_model.target == loader::Target::kDevice)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the weights were loaded into ", loaded_model.target == loader::Target::kDevice ? "device" : "host",
+        " memory but the backend is ", model->backend_->name(), "; pass --backend explicitly"));
+  }
+  const double load_start_s = since(load_start);
+  auto& phases = model->phases_;
+  phases.push_back({"backend", since(backend_start), since(backend_end)});
+  phases.push_back({"headers", load_start_s, load_start_s + loaded_model.timings.headers_s});
+  phases.push_back({"weights", load_start_s + loaded_model.timings.first_byte_s,
+                    load_start_s + loaded_model.timings.copy_done_s});
   const loader::LoadedModel& loaded = model->loaded_;
 
   auto config_file = loaded.files.find("config.json");
@@ -87,7 +115,8 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
     }
   } else {
     model->limits_.chat_template_error =
-        absl::FailedPreconditionError("the model has no tokenizer.json");
+        absl::FailedPreconditionError(
+        "the model has no tokenizer.json, so it takes token ids only");
   }
 
   auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
@@ -97,8 +126,25 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   engine_options.max_step_tokens = std::max(options.max_step_tokens, options.max_batch);
   engine_options.kv_memory_fraction = options.kv_memory_fraction;
   engine_options.kv_blocks = options.kv_blocks;
+  const Clock::time_point kv_start = Clock::now();
   EMBER_ASSIGN_OR_RETURN(model->engine_, Engine::Create(*model->config_, std::move(*weights),
                                                         model->backend_.get(), engine_options));
+  phases.push_back({"kv_cache", since(kv_start), since(Clock::now())});
+  // Warm-up: one forward of one token, so the first request does not pay for first-touch
+  // costs (kernel loading, page faults, lazy allocations).
+  const Clock::time_point warm_start = Clock::now();
+  {
+    constexpr uint64_t kWarmupSequence = ~uint64_t{0};
+    const int32_t token = 0;
+    StepInput in;
+    in.sequence = kWarmupSequence;
+    in.tokens = std::span<const int32_t>(&token, 1);
+    EMBER_RETURN_IF_ERROR(model->engine_->AddSequence(kWarmupSequence));
+    auto warm = model->engine_->Step(std::span<const StepInput>(&in, 1));
+    model->engine_->RemoveSequence(kWarmupSequence);
+    if (!warm.ok()) return warm.status();
+  }
+  phases.push_back({"warmup", since(warm_start), since(Clock::now())});
 
   std::vector<int32_t> eos = model->config_->eos_token_ids;
   if (model->tokenizer_ && model->tokenizer_->eos_id() &&
@@ -108,6 +154,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   SchedulerOptions scheduler_options;
   scheduler_options.max_batch = options.max_batch;
   scheduler_options.max_queue = options.max_queue;
+  scheduler_options.on_first_token = options.on_first_token;
   model->scheduler_ = std::make_unique<Scheduler>(model->engine_.get(), model->tokenizer(), eos,
                                                   scheduler_options, metrics);
 
@@ -131,9 +178,9 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   for (int32_t id : eos) info.add_eos_token_ids(id);
   info.set_chat_template(limits.chat_template != nullptr);
   v1::LoadTimings* timings = info.mutable_timings();
-  timings->set_headers_s(options.process_start_s + loaded.timings.headers_s);
-  timings->set_first_byte_s(options.process_start_s + loaded.timings.first_byte_s);
-  timings->set_weights_s(options.process_start_s + loaded.timings.copy_done_s);
+  timings->set_headers_s(load_start_s + loaded.timings.headers_s);
+  timings->set_first_byte_s(load_start_s + loaded.timings.first_byte_s);
+  timings->set_weights_s(load_start_s + loaded.timings.copy_done_s);
   return model;
 }
 

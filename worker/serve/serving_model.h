@@ -30,9 +30,17 @@ struct ServingOptions {
   double kv_memory_fraction = 0.9;
   int64_t kv_blocks = 0;  // > 0: exactly this many
   std::string cache_dir;  // optional node cache (mirror of the source)
-  // Seconds since process start, for the load timings.
-  double process_start_s = 0;
+  // When the process started: load timings are seconds after it.
+  Clock::time_point process_start = Clock::now();
   std::function<void(const loader::LoadProgress&)> on_progress;
+  std::function<void(Clock::time_point, Clock::time_point)> on_first_token;  // see SchedulerOptions
+};
+
+// One phase of the cold start, in seconds after process start.
+struct Phase {
+  std::string name;
+  double start_s = 0;
+  double end_s = 0;
 };
 
 class ServingModel {
@@ -48,6 +56,9 @@ class ServingModel {
   v1::ModelInfo& mutable_info() { return info_; }
   // How the node cache served the load: disabled, hit, filled or bypassed.
   const std::string& cache_outcome() const { return cache_outcome_; }
+  // backend (CUDA context), headers, weights (first byte to last byte in place), kv_cache,
+  // warmup.
+  const std::vector<Phase>& phases() const { return phases_; }
 
  private:
   ServingModel() = default;
@@ -62,6 +73,7 @@ class ServingModel {
   ModelLimits limits_;
   v1::ModelInfo info_;
   std::string cache_outcome_;
+  std::vector<Phase> phases_;
 };
 
 }  // namespace ember::worker

@@ -158,9 +158,11 @@ class WorkerProcess:
                 raise AssertionError(f"{name} = {value} after {timeout} s")
             time.sleep(0.05)
 
-    def log_text(self) -> str:
+    def log_text(self, limit: int | None = 30) -> str:
+        """The last `limit` log lines (all with None), as JSON lines."""
         with self._lock:
-            return "\n".join(json.dumps(e) for e in self.logs[-30:])
+            entries = self.logs if limit is None else self.logs[-limit:]
+            return "\n".join(json.dumps(e) for e in entries)
 
     def log_entries(self, msg: str) -> list[dict]:
         with self._lock:

@@ -1,6 +1,7 @@
 """Tests for the Python tools the C++ integration tests and the benchmark rely on.
 
-tools/objstore.py (rclone serve s3), tools/fault_proxy.py, tools/make_test_model.py, tools/bench-load.
+tools/objstore.py (rclone serve s3), tools/fault_proxy.py, tools/make_test_model.py, tools/bench-load,
+tools/prepare_smollm2.py (its weight transforms; no model download).
 """
 
 import json
@@ -26,6 +27,7 @@ from fault_proxy import FaultProxy, Faults  # noqa: E402
 from make_test_model import (DTYPE_SIZES, read_safetensors_header, write_model,  # noqa: E402
                              write_safetensors, write_single_object)
 from objstore import LocalS3, s3_client  # noqa: E402
+from prepare_smollm2 import f32_to_bf16_bytes, gguf_to_hf_qk, hf_to_gguf_qk  # noqa: E402
 
 BUCKET = "bkt"
 OBJECT_SIZE = 1 << 20
@@ -337,6 +339,40 @@ def test_make_test_model_cli(tmp_path):
     subprocess.run([sys.executable, str(TOOLS / "make_test_model.py"), str(tmp_path), "--layout",
                     "sharded", "--shards", "2", "--dtypes", "BF16,U8", "--seed", "3"], check=True)
     assert (tmp_path / "model-00002-of-00002.safetensors").exists()
+
+
+# --- prepare_smollm2 ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_head,head_dim,cols", [(9, 64, 576), (3, 64, 576), (2, 4, 1), (4, 8, 3)])
+def test_qk_unpermute_inverts_llama_cpp_permutation(n_head, head_dim, cols):
+    w = np.random.default_rng(n_head * cols).standard_normal((n_head * head_dim, cols), dtype=np.float32)
+    gguf_order = hf_to_gguf_qk(w, n_head)
+    assert not np.array_equal(gguf_order, w)
+    np.testing.assert_array_equal(gguf_to_hf_qk(gguf_order, n_head), w)
+    np.testing.assert_array_equal(hf_to_gguf_qk(gguf_to_hf_qk(w, n_head), n_head), w)
+    # 1-D too (a bias vector): the permutation only moves rows.
+    np.testing.assert_array_equal(gguf_to_hf_qk(hf_to_gguf_qk(w[:, 0], n_head), n_head), w[:, 0])
+
+
+def test_qk_permutation_interleaves_head_halves():
+    # Each head's halves [x0 x1 | y0 y1] (Hugging Face's rotate_half) become pairs x0 y0 x1 y1.
+    rows = np.arange(8, dtype=np.float32).reshape(8, 1)
+    assert hf_to_gguf_qk(rows, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]  # 2 heads of 4 rows
+    assert gguf_to_hf_qk(rows, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]  # (its own inverse)
+    assert hf_to_gguf_qk(rows, 1)[:, 0].tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    assert gguf_to_hf_qk(rows, 1)[:, 0].tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def test_bf16_conversion_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(4096, dtype=np.float32) * 10.0 ** rng.integers(-6, 6, 4096),
+                             np.array([0.0, -0.0, 1.0, -2.5, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-40,
+                                       1.00390625, 1.01171875], dtype=np.float32)])
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view("<u2")
+    assert f32_to_bf16_bytes(values) == expected.tobytes()
+    nan = np.frombuffer(f32_to_bf16_bytes(np.array([np.nan], dtype=np.float32)), dtype="<u2")
+    assert torch.from_numpy(nan.view(np.int16).copy()).view(torch.bfloat16).isnan().all()
 
 
 # --- bench-load --------------------------------------------------------------------------------

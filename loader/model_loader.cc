@@ -185,6 +185,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
   model.source = store.Root();
   model.files = manifest.small_files;
   model.timings.headers_s = SecondsSince(start);
+  if (options.on_files) options.on_files(model.files);
 
   Target target = options.target;
   if (target == Target::kDevice && !CudaAvailable()) {

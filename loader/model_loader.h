@@ -40,6 +40,10 @@ struct LoadOptions {
   bool require_tokenizer = true;
   // Called about ten times a second from the loading thread, and once at the end.
   std::function<void(const LoadProgress&)> on_progress;
+  // Called once from the loading thread with the model's small files (config.json,
+  // tokenizer.json, ...) as soon as they and every header have been read, before the weights
+  // stream: a caller can parse them while the weights arrive. Must not block for long.
+  std::function<void(const std::map<std::string, std::string>&)> on_files;
 };
 
 // One tensor in the arena.

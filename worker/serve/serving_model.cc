@@ -63,13 +63,25 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   load.target = options.backend == "cpu" ? loader::Target::kHost : loader::Target::kDevice;
   load.require_tokenizer = false;  // a model without one serves token ids
   load.on_progress = options.on_progress;
+  // config.json, the tokenizer and the chat template are parsed while the weights stream.
+  std::future<absl::Status> parsed;
+  load.on_files = [&](const std::map<std::string, std::string>& files) {
+    // Called again if the node cache falls back to the source: the files then win.
+    if (parsed.valid()) parsed.get();
+    parsed = std::async(std::launch::async, [&model, files, &source] {
+      return model->ParseFiles(files, source);
+    });
+  };
   loader::CacheReport cache;
   const Clock::time_point load_start = Clock::now();
   auto load_result = loader::LoadModelCached(source, load, options.cache_dir, &cache);
+  const absl::Status parse_status = parsed.valid() ? parsed.get()
+                                                  : absl::InternalError("the loader gave no model files");
   auto backend = backend_future.get();
   if (!backend.ok()) return backend.status();
   model->backend_ = std::move(*backend);
   if (!load_result.ok()) return load_result.status();
+  if (!parse_status.ok()) return parse_status;
   model->loaded_ = std::move(*load_result);
   if (cache.outcome != loader::CacheOutcome::kDisabled) {
     LogInfo("cache", loader::CacheOutcomeName(cache.outcome),
@@ -89,35 +101,6 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   phases.push_back({"weights", load_start_s + loaded_model.timings.first_byte_s,
                     load_start_s + loaded_model.timings.copy_done_s});
   const loader::LoadedModel& loaded = model->loaded_;
-
-  auto config_file = loaded.files.find("config.json");
-  if (config_file == loaded.files.end()) {
-    return absl::NotFoundError(absl::StrCat(source, ": no config.json"));
-  }
-  auto config = ParseModelConfig(config_file->second);
-  if (!config.ok()) return WithSource(source, config.status());
-  model->config_ = std::move(*config);
-
-  if (auto tok = loaded.files.find("tokenizer.json"); tok != loaded.files.end()) {
-    auto tc = loaded.files.find("tokenizer_config.json");
-    auto tokenizer = Tokenizer::Load(tok->second, tc == loaded.files.end() ? "" : tc->second);
-    if (!tokenizer.ok()) return WithSource(source, tokenizer.status());
-    model->tokenizer_ = std::move(*tokenizer);
-    auto chat = ChatTemplate::Recognize(model->tokenizer_->chat_template(),
-                                        model->tokenizer_->bos_token(),
-                                        model->tokenizer_->eos_token());
-    if (chat.ok()) {
-      model->chat_template_ = std::move(*chat);
-    } else {
-      model->limits_.chat_template_error = chat.status();
-      LogInfo("worker", "chat messages are not accepted",
-              {{"reason", std::string(chat.status().message())}});
-    }
-  } else {
-    model->limits_.chat_template_error =
-        absl::FailedPreconditionError(
-        "the model has no tokenizer.json, so it takes token ids only");
-  }
 
   auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
   if (!weights.ok()) return WithSource(source, weights.status());
@@ -182,6 +165,40 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   timings->set_first_byte_s(load_start_s + loaded.timings.first_byte_s);
   timings->set_weights_s(load_start_s + loaded.timings.copy_done_s);
   return model;
+}
+
+absl::Status ServingModel::ParseFiles(const std::map<std::string, std::string>& files,
+                                      const std::string& source) {
+  auto config_file = files.find("config.json");
+  if (config_file == files.end()) {
+    return absl::NotFoundError(absl::StrCat(source, ": no config.json"));
+  }
+  auto config = ParseModelConfig(config_file->second);
+  if (!config.ok()) return WithSource(source, config.status());
+  config_ = std::move(*config);
+
+  if (auto tok = files.find("tokenizer.json"); tok != files.end()) {
+    auto tc = files.find("tokenizer_config.json");
+    auto tokenizer = Tokenizer::Load(tok->second, tc == files.end() ? "" : tc->second);
+    if (!tokenizer.ok()) return WithSource(source, tokenizer.status());
+    tokenizer_ = std::move(*tokenizer);
+    auto chat = ChatTemplate::Recognize(tokenizer_->chat_template(),
+                                        tokenizer_->bos_token(),
+                                        tokenizer_->eos_token());
+    if (chat.ok()) {
+      chat_template_ = std::move(*chat);
+    } else {
+      limits_.chat_template_error = chat.status();
+      LogInfo("worker", "chat messages are not accepted",
+              {{"reason", std::string(chat.status().message())}});
+    }
+  } else {
+    limits_.chat_template_error =
+        absl::FailedPreconditionError(
+        "the model has no tokenizer.json, so it takes token ids only");
+  }
+
+  return absl::OkStatus();
 }
 
 ServingModel::~ServingModel() {

@@ -3,6 +3,7 @@
 // scheduler running.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,6 +63,8 @@ class ServingModel {
 
  private:
   ServingModel() = default;
+  // config.json, tokenizer.json and the chat template, from the loader's small files.
+  absl::Status ParseFiles(const std::map<std::string, std::string>& files, const std::string& source);
 
   std::unique_ptr<kernels::Backend> backend_;
   loader::LoadedModel loaded_;

@@ -388,3 +388,44 @@ def test_bench_load_smoke(tmp_path):
     report = json.loads(out.read_text())
     rows = {row["tool"]: row for row in report["groups"]["host"]}
     assert all(row["runs"] == 1 for row in rows.values()), rows
+
+
+# --- coldstart-report ------------------------------------------------------------------------
+
+COLDSTART = {"msg": "coldstart", "phases": [
+    {"name": "listening", "start_s": 0.0, "end_s": 0.004},
+    {"name": "weights", "start_s": 0.05, "end_s": 0.8},
+    {"name": "headers", "start_s": 0.004, "end_s": 0.03},
+    {"name": "first_request", "start_s": 0.2, "end_s": 1.0}],
+    "serving_s": 0.85, "first_token_s": 1.0, "model": "s3://m/<x>", "backend": "cpu"}
+
+
+def run_report(tmp_path, lines: list[str], *args: str):
+    log = tmp_path / "worker.log"
+    log.write_text("\n".join(lines) + "\n")
+    return subprocess.run([sys.executable, str(TOOLS / "coldstart-report"), str(log), *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_coldstart_report_draws_every_phase_in_time_order(tmp_path):
+    out = run_report(tmp_path, ['{"msg": "listening"}', "not json", json.dumps(COLDSTART)],
+                     "--out", str(tmp_path / "t.svg"))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.splitlines()
+    assert text[0] == "zero to first token: 1.000 s"
+    # Phases in start-up order (headers before weights), whatever order the line had.
+    names = [line.split("|")[0].strip() for line in text[1:5]]
+    assert names == ["gRPC port open", "config + headers", "weights stream", "first request"]
+    svg = (tmp_path / "t.svg").read_text()
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert svg.count("<rect") == 1 + 4
+    assert "s3://m/&lt;x&gt;" in svg  # escaped
+    assert "SERVING 0.850 s" in svg and "first token 1.000 s" in svg
+
+
+def test_coldstart_report_says_what_is_missing(tmp_path):
+    out = run_report(tmp_path, ['{"msg": "serving"}'])
+    assert out.returncode != 0 and "no cold-start line" in out.stderr
+    bad = dict(COLDSTART, phases=[{"name": "weights", "start_s": "x", "end_s": 1}])
+    out = run_report(tmp_path, [json.dumps(bad)])
+    assert out.returncode != 0 and "phase 'weights' has no numeric start_s/end_s" in out.stderr

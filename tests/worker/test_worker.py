@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import BUCKET  # noqa: F401  (documents where the models live)
+from conftest import REPO
 
 TIMEOUT = 60
 
@@ -470,3 +470,56 @@ def test_grpc_port_speaks_h2c_with_prior_knowledge(tiny):
     assert headers.startswith("http/2 200"), headers
     assert "content-type: application/grpc" in headers
     assert "grpc-status: 0" in headers  # in the trailers, which -D prints too
+
+
+# --- cold start and the node cache ------------------------------------------------------------
+
+def first_token(worker, pb):
+    ids, _, _ = generate(worker.stub(), pb.GenerateRequest(
+        token_ids=pb.TokenIds(ids=[1, 2, 3]), stopping=pb.StoppingCriteria(max_tokens=2, ignore_eos=True)))
+    assert len(ids) == 2
+    deadline = time.monotonic() + 10
+    while not worker.log_entries("coldstart"):
+        assert time.monotonic() < deadline, "no coldstart line after the first token"
+        time.sleep(0.05)
+    return worker.log_entries("coldstart")[0]
+
+
+def test_coldstart_line_and_metrics_after_the_first_token(start_worker, pb, tmp_path):
+    worker = start_worker("tiny")
+    record = first_token(worker, pb)
+    phases = {p["name"]: p for p in record["phases"]}
+    assert set(phases) == {"listening", "backend", "headers", "weights", "kv_cache", "warmup", "first_request"}
+    for p in record["phases"]:
+        assert 0 <= p["start_s"] <= p["end_s"], p
+    assert phases["headers"]["end_s"] <= record["first_byte_s"] <= phases["weights"]["end_s"]
+    assert phases["weights"]["end_s"] <= phases["kv_cache"]["start_s"] <= phases["warmup"]["end_s"]
+    assert phases["warmup"]["end_s"] <= record["serving_s"] <= record["first_token_s"]
+    assert record["first_token_s"] == phases["first_request"]["end_s"]
+    assert record["cache"] == "disabled" and record["weight_bytes"] > 0
+    metrics = worker.metrics()
+    assert metrics['ember_coldstart_phase_seconds{phase="first_token"}'] == pytest.approx(record["first_token_s"])
+    assert metrics['ember_coldstart_phase_seconds{phase="serving"}'] == pytest.approx(record["serving_s"])
+    # A second request does not log another cold start.
+    first_token(worker, pb)
+    assert len(worker.log_entries("coldstart")) == 1
+    # The report tool draws it.
+    log = tmp_path / "worker.log"
+    log.write_text(worker.log_text(limit=None))
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "coldstart-report"), str(log), "--out",
+                          str(tmp_path / "t.svg")], capture_output=True, text=True, check=True)
+    assert f"zero to first token: {record['first_token_s']:.3f} s" in out.stdout
+    svg = (tmp_path / "t.svg").read_text()
+    assert svg.count("<rect") == 1 + len(record["phases"])  # background + one bar per phase
+
+
+def test_node_cache_filled_then_hit(start_worker, pb, tmp_path):
+    cache = tmp_path / "cache"
+    outcomes = []
+    for _ in range(2):
+        worker = start_worker("tiny", f"--cache_dir={cache}")
+        outcomes.append(first_token(worker, pb)["cache"])
+        assert worker.stop() == 0
+    assert outcomes == ["filled", "hit"]

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -103,20 +104,19 @@ std::string Metrics::Render() const {
   for (const auto& [outcome, n] : requests_) {
     absl::StrAppend(&out, "ember_requests_total{outcome=\"", outcome, "\"} ", n, "\n");
   }
-  Header(&out, "ember_requests_in_flight", "gauge", "Requests admitted and generating.");
-  absl::StrAppend(&out, "ember_requests_in_flight ", running_, "\n");
-  Header(&out, "ember_queue_depth", "gauge", "Requests waiting for admission.");
-  absl::StrAppend(&out, "ember_queue_depth ", queued_, "\n");
-  Header(&out, "ember_generated_tokens_total", "counter", "Tokens generated.");
-  absl::StrAppend(&out, "ember_generated_tokens_total ", tokens_generated_, "\n");
-  Header(&out, "ember_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.");
-  absl::StrAppend(&out, "ember_prompt_tokens_total ", prompt_tokens_, "\n");
-  Header(&out, "ember_steps_total", "counter", "Forward steps run.");
-  absl::StrAppend(&out, "ember_steps_total ", steps_, "\n");
-  Header(&out, "ember_kv_blocks_used", "gauge", "KV cache blocks held by sequences.");
-  absl::StrAppend(&out, "ember_kv_blocks_used ", kv_used_, "\n");
-  Header(&out, "ember_kv_blocks_free", "gauge", "KV cache blocks free.");
-  absl::StrAppend(&out, "ember_kv_blocks_free ", kv_free_, "\n");
+  const std::tuple<const char*, const char*, const char*, int64_t> scalars[] = {
+      {"ember_requests_in_flight", "gauge", "Requests admitted and generating.", running_},
+      {"ember_queue_depth", "gauge", "Requests waiting for admission.", queued_},
+      {"ember_generated_tokens_total", "counter", "Tokens generated.", tokens_generated_},
+      {"ember_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", prompt_tokens_},
+      {"ember_steps_total", "counter", "Forward steps run.", steps_},
+      {"ember_kv_blocks_used", "gauge", "KV cache blocks held by sequences.", kv_used_},
+      {"ember_kv_blocks_free", "gauge", "KV cache blocks free.", kv_free_},
+  };
+  for (const auto& [name, type, help, value] : scalars) {
+    Header(&out, name, type, help);
+    absl::StrAppend(&out, name, " ", value, "\n");
+  }
   Header(&out, "ember_time_to_first_token_seconds", "histogram",
          "From a request's arrival to its first token.");
   ttft_.Render("ember_time_to_first_token_seconds", &out);

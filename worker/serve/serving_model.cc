@@ -67,7 +67,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   std::future<absl::Status> parsed;
   load.on_files = [&](const std::map<std::string, std::string>& files) {
     // Called again if the node cache falls back to the source: the files then win.
-    if (parsed.valid()) parsed.get();
+    if (parsed.valid()) (void)parsed.get();  // superseded by this call
     parsed = std::async(std::launch::async, [&model, files, &source] {
       return model->ParseFiles(files, source);
     });

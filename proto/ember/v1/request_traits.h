@@ -30,30 +30,30 @@ grpc::Status DeserializeChecked(grpc::ByteBuffer* buffer, google::protobuf::Mess
 
 }  // namespace ember::v1
 
+namespace ember::v1::internal {
+
+// Serialization as for any protobuf message; deserialization through DeserializeChecked.
+template <class Request>
+class CheckedRequestTraits {
+ public:
+  static grpc::Status Serialize(const grpc::protobuf::MessageLite& msg, grpc::ByteBuffer* bb,
+                                bool* own_buffer) {
+    return grpc::GenericSerialize<grpc::ProtoBufferWriter, Request>(msg, bb, own_buffer);
+  }
+  static grpc::Status Deserialize(grpc::ByteBuffer* buffer, grpc::protobuf::MessageLite* msg) {
+    return DeserializeChecked(buffer, static_cast<Request*>(msg));
+  }
+};
+
+}  // namespace ember::v1::internal
+
 namespace grpc {
 
 template <>
-class SerializationTraits<ember::v1::GenerateRequest, void> {
- public:
-  static Status Serialize(const protobuf::MessageLite& msg, ByteBuffer* bb, bool* own_buffer) {
-    return GenericSerialize<ProtoBufferWriter, ember::v1::GenerateRequest>(msg, bb, own_buffer);
-  }
-  static Status Deserialize(ByteBuffer* buffer, protobuf::MessageLite* msg) {
-    return ember::v1::internal::DeserializeChecked(buffer,
-                                                   static_cast<ember::v1::GenerateRequest*>(msg));
-  }
-};
-
+class SerializationTraits<ember::v1::GenerateRequest, void>
+    : public ember::v1::internal::CheckedRequestTraits<ember::v1::GenerateRequest> {};
 template <>
-class SerializationTraits<ember::v1::TokenizeRequest, void> {
- public:
-  static Status Serialize(const protobuf::MessageLite& msg, ByteBuffer* bb, bool* own_buffer) {
-    return GenericSerialize<ProtoBufferWriter, ember::v1::TokenizeRequest>(msg, bb, own_buffer);
-  }
-  static Status Deserialize(ByteBuffer* buffer, protobuf::MessageLite* msg) {
-    return ember::v1::internal::DeserializeChecked(buffer,
-                                                   static_cast<ember::v1::TokenizeRequest*>(msg));
-  }
-};
+class SerializationTraits<ember::v1::TokenizeRequest, void>
+    : public ember::v1::internal::CheckedRequestTraits<ember::v1::TokenizeRequest> {};
 
 }  // namespace grpc

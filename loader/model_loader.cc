@@ -202,6 +202,7 @@ absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& 
     if (!arena.ok()) return arena.status();
     model.arena = *std::move(arena);
   }
+  if (options.on_arena) options.on_arena(plan.arena_bytes());
 
   Mirror mirror;
   if (mirroring) {

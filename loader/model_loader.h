@@ -44,6 +44,10 @@ struct LoadOptions {
   // tokenizer.json, ...) as soon as they and every header have been read, before the weights
   // stream: a caller can parse them while the weights arrive. Must not block for long.
   std::function<void(const std::map<std::string, std::string>&)> on_files;
+  // Called once from the loading thread right after the memory for the weights (host or
+  // device arena) is allocated, before any weight byte moves: a caller can size and allocate
+  // what else it needs from the memory left while the weights stream.
+  std::function<void(uint64_t arena_bytes)> on_arena;
 };
 
 // One tensor in the arena.

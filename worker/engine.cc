@@ -29,6 +29,31 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
                                                        ModelWeights weights,
                                                        kernels::Backend* backend,
                                                        const EngineOptions& options) {
+  auto resources = Reserve(config, weights.dtype, backend, options);
+  if (!resources.ok()) return resources.status();
+  return Create(config, std::move(weights), backend, options, std::move(*resources));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config,
+                                                       ModelWeights weights,
+                                                       kernels::Backend* backend,
+                                                       const EngineOptions& options,
+                                                       Resources resources) {
+  if (backend->KvType(weights.dtype) != resources.kv_type) {
+    resources = Resources();  // free first: the new cache is sized from free memory
+    auto again = Reserve(config, weights.dtype, backend, options);
+    if (!again.ok()) return again.status();
+    resources = std::move(*again);
+  }
+  return std::unique_ptr<Engine>(new Engine(config, std::move(weights), backend, options,
+                                            std::move(resources.cache),
+                                            std::move(resources.workspace), resources.max_context));
+}
+
+absl::StatusOr<Engine::Resources> Engine::Reserve(const ModelConfig& config,
+                                                  kernels::ScalarType weight_type,
+                                                  kernels::Backend* backend,
+                                                  const EngineOptions& options) {
   if (options.max_step_tokens <= 0 || options.max_sequences <= 0 || options.block_size <= 0) {
     return absl::InvalidArgumentError(
         "engine: max_step_tokens, max_sequences and block_size must be positive");
@@ -89,17 +114,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
   shape.kv_heads = config.num_kv_heads;
   shape.head_dim = config.head_dim;
   shape.block_size = options.block_size;
-  shape.type = backend->KvType(weights.dtype);
+  shape.type = backend->KvType(weight_type);
   const int64_t max_useful = static_cast<int64_t>(S) * max_blocks_per_seq;
+  const uint64_t free_bytes = backend->FreeMemoryBytes();
   const int64_t blocks =
       options.kv_blocks > 0
           ? options.kv_blocks
-          : PlanKvBlocks(shape, backend->FreeMemoryBytes(), options.kv_memory_fraction, max_useful);
+          : PlanKvBlocks(shape, free_bytes - std::min(free_bytes, options.pending_bytes),
+                         options.kv_memory_fraction, max_useful);
   auto cache = KvCache::Create(*backend, shape, blocks);
   if (!cache.ok()) return cache.status();
-
-  return std::unique_ptr<Engine>(new Engine(config, std::move(weights), backend, options,
-                                            std::move(*cache), std::move(ws), max_context));
+  return Resources{std::move(ws), std::move(*cache), max_context, shape.type};
 }
 
 Engine::Engine(const ModelConfig& config, ModelWeights weights, kernels::Backend* backend,

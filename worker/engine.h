@@ -24,6 +24,9 @@ struct EngineOptions {
   double kv_memory_fraction = 0.9;  // of the memory free after weights and workspace
   int64_t kv_blocks = 0;       // > 0: exactly this many blocks instead
   int max_context = 0;         // 0: the model's max_position_embeddings
+  // Memory about to be used that the backend's free memory does not show yet (host pages
+  // of weights still streaming in); the KV cache is sized without it.
+  uint64_t pending_bytes = 0;
 };
 
 struct SamplingParams {
@@ -51,10 +54,28 @@ struct StepOutput {
 
 class Engine {
  public:
+  struct Resources;  // the workspace and KV cache, allocated before the weights are bound
+
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const ModelConfig& config,
                                                         ModelWeights weights,
                                                         kernels::Backend* backend,
                                                         const EngineOptions& options);
+
+  // Allocates the per-step workspace and the KV cache (sized from the backend's free memory
+  // now, so call it once the weights' memory is taken) for weights of `weight_type`. It needs
+  // no weights, so a server runs it while the weights still stream in, then passes the result
+  // to the Create below.
+  static absl::StatusOr<Resources> Reserve(const ModelConfig& config,
+                                           kernels::ScalarType weight_type,
+                                           kernels::Backend* backend, const EngineOptions& options);
+  // As Create, with resources from Reserve for the same config, backend and options. If
+  // they were reserved for another weight type than `weights` has (its KV type differs),
+  // they are released and reserved again.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ModelConfig& config,
+                                                        ModelWeights weights,
+                                                        kernels::Backend* backend,
+                                                        const EngineOptions& options,
+                                                        Resources resources);
 
   const ModelConfig& config() const { return config_; }
   const EngineOptions& options() const { return options_; }
@@ -110,6 +131,13 @@ class Engine {
   int max_context_;
   std::map<uint64_t, Sequence> sequences_;
   std::vector<int32_t> host_meta_;  // staging for ws_.meta, reused from step to step
+};
+
+struct Engine::Resources {
+  Workspace workspace;
+  KvCache cache;
+  int max_context = 0;
+  kernels::ScalarType kv_type = kernels::ScalarType::kF32;
 };
 
 // The `uniform` for sampling the token at `position` of a sequence seeded `seed`: a

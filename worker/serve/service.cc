@@ -65,7 +65,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     return Clock::now() + std::chrono::duration_cast<Clock::duration>(
                               deadline - std::chrono::system_clock::now());
   }
-  bool DeadlinePassed() const { return std::chrono::system_clock::now() >= context_->deadline(); }
+  // gRPC does not say why a call was cancelled. Its deadline timer may fire a little before
+  // the deadline as this clock reads it, so a cancel in the last 100 ms counts as the deadline.
+  bool DeadlinePassed() const {
+    return std::chrono::system_clock::now() + std::chrono::milliseconds(100) >= context_->deadline();
+  }
 
   void OnTokens(TokenChunk chunk) override {
     {

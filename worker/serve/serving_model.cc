@@ -29,6 +29,14 @@ std::string DtypeName(const loader::LoadedModel& model) {
   }
 }
 
+// The weights' element type as config.json states it (the KV cache follows it on a GPU);
+// Engine::Create reserves again in the rare case the tensors say otherwise.
+kernels::ScalarType WeightTypeOf(const ModelConfig& config) {
+  if (config.torch_dtype == "float16") return kernels::ScalarType::kF16;
+  if (config.torch_dtype == "float32") return kernels::ScalarType::kF32;
+  return kernels::ScalarType::kBF16;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOptions& options,
@@ -42,20 +50,30 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   auto since = [t0](Clock::time_point t) { return std::chrono::duration<double>(t - t0).count(); };
   const std::string backend_choice = options.backend;
   Clock::time_point backend_start = Clock::now(), backend_end;
-  auto backend_future = std::async(std::launch::async, [&backend_choice, &backend_end] {
-    absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
-    if (backend_choice == "auto") {
-      backend = kernels::MakeBackend("cuda");
-      if (!backend.ok()) {
-        LogInfo("worker", "using the CPU backend", {{"reason", std::string(backend.status().message())}});
-        backend = kernels::MakeBackend("cpu");
-      }
-    } else {
-      backend = kernels::MakeBackend(backend_choice);
-    }
-    backend_end = Clock::now();
-    return backend;
-  });
+  std::shared_future<absl::Status> backend_ready =
+      std::async(std::launch::async, [&model, &backend_choice, &backend_end]() -> absl::Status {
+        absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
+        if (backend_choice == "auto") {
+          backend = kernels::MakeBackend("cuda");
+          if (!backend.ok()) {
+            LogInfo("worker", "using the CPU backend",
+                    {{"reason", std::string(backend.status().message())}});
+            backend = kernels::MakeBackend("cpu");
+          }
+        } else {
+          backend = kernels::MakeBackend(backend_choice);
+        }
+        backend_end = Clock::now();
+        if (!backend.ok()) return backend.status();
+        model->backend_ = std::move(*backend);
+        return absl::OkStatus();
+      }).share();
+
+  EngineOptions engine_options;
+  engine_options.max_sequences = options.max_batch;
+  engine_options.max_step_tokens = std::max(options.max_step_tokens, options.max_batch);
+  engine_options.kv_memory_fraction = options.kv_memory_fraction;
+  engine_options.kv_blocks = options.kv_blocks;
 
   loader::LoadOptions load;
   // Into device memory unless the CPU backend was asked for; without a usable GPU the
@@ -64,12 +82,36 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   load.require_tokenizer = false;  // a model without one serves token ids
   load.on_progress = options.on_progress;
   // config.json, the tokenizer and the chat template are parsed while the weights stream.
-  std::future<absl::Status> parsed;
+  std::shared_future<absl::Status> parsed;
+  std::future<absl::StatusOr<Engine::Resources>> reserved;
   load.on_files = [&](const std::map<std::string, std::string>& files) {
-    // Called again if the node cache falls back to the source: the files then win.
-    if (parsed.valid()) (void)parsed.get();  // superseded by this call
+    // Called again if the node cache falls back to the source: the files then win, once
+    // whatever still reads the first ones is done.
+    if (reserved.valid()) reserved.wait();
+    if (parsed.valid()) parsed.wait();
     parsed = std::async(std::launch::async, [&model, files, &source] {
       return model->ParseFiles(files, source);
+    }).share();
+  };
+  // Once the weights' memory is taken, the engine's workspace and KV cache are allocated
+  // (sized from what is left) while the weights stream into it.
+  Clock::time_point kv_start, kv_end;
+  load.on_arena = [&](uint64_t arena_bytes) {
+    if (reserved.valid()) reserved.wait();  // a second load (node-cache fallback) redoes it
+    reserved = std::async(std::launch::async, [&, arena_bytes,
+                                               files = parsed]() -> absl::StatusOr<Engine::Resources> {
+      EMBER_RETURN_IF_ERROR(files.valid() ? files.get()
+                                          : absl::InternalError("the loader gave no model files"));
+      EMBER_RETURN_IF_ERROR(backend_ready.get());
+      kv_start = Clock::now();
+      EngineOptions reserve_options = engine_options;
+      // Host pages of the arena are taken as the weights land, after this runs: count them
+      // as used already. (A device arena is allocated up front and already counted.)
+      if (!model->backend_->is_device()) reserve_options.pending_bytes = arena_bytes;
+      auto resources = Engine::Reserve(*model->config_, WeightTypeOf(*model->config_),
+                                       model->backend_.get(), reserve_options);
+      kv_end = Clock::now();
+      return resources;
     });
   };
   loader::CacheReport cache;
@@ -77,11 +119,12 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   auto load_result = loader::LoadModelCached(source, load, options.cache_dir, &cache);
   const absl::Status parse_status = parsed.valid() ? parsed.get()
                                                   : absl::InternalError("the loader gave no model files");
-  auto backend = backend_future.get();
-  if (!backend.ok()) return backend.status();
-  model->backend_ = std::move(*backend);
+  EMBER_RETURN_IF_ERROR(backend_ready.get());
+  absl::StatusOr<Engine::Resources> resources =
+      reserved.valid() ? reserved.get() : absl::InternalError("the loader allocated no memory");
   if (!load_result.ok()) return load_result.status();
   if (!parse_status.ok()) return parse_status;
+  if (!resources.ok()) return resources.status();
   model->loaded_ = std::move(*load_result);
   if (cache.outcome != loader::CacheOutcome::kDisabled) {
     LogInfo("cache", loader::CacheOutcomeName(cache.outcome),
@@ -100,19 +143,14 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   phases.push_back({"headers", load_start_s, load_start_s + loaded_model.timings.headers_s});
   phases.push_back({"weights", load_start_s + loaded_model.timings.first_byte_s,
                     load_start_s + loaded_model.timings.copy_done_s});
+  phases.push_back({"kv_cache", since(kv_start), since(kv_end)});
   const loader::LoadedModel& loaded = model->loaded_;
 
   auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
   if (!weights.ok()) return WithSource(source, weights.status());
-  EngineOptions engine_options;
-  engine_options.max_sequences = options.max_batch;
-  engine_options.max_step_tokens = std::max(options.max_step_tokens, options.max_batch);
-  engine_options.kv_memory_fraction = options.kv_memory_fraction;
-  engine_options.kv_blocks = options.kv_blocks;
-  const Clock::time_point kv_start = Clock::now();
-  EMBER_ASSIGN_OR_RETURN(model->engine_, Engine::Create(*model->config_, std::move(*weights),
-                                                        model->backend_.get(), engine_options));
-  phases.push_back({"kv_cache", since(kv_start), since(Clock::now())});
+  EMBER_ASSIGN_OR_RETURN(model->engine_,
+                         Engine::Create(*model->config_, std::move(*weights), model->backend_.get(),
+                                        engine_options, std::move(*resources)));
   // Warm-up: one forward of one token, so the first request does not pay for first-touch
   // costs (kernel loading, page faults, lazy allocations).
   const Clock::time_point warm_start = Clock::now();

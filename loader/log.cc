@@ -16,13 +16,7 @@ namespace {
 
 LogLevel LevelFromEnv() {
   const char* env = std::getenv("EMBER_LOG_LEVEL");
-  if (!env) return LogLevel::kInfo;
-  const std::string v = env;
-  if (v == "debug") return LogLevel::kDebug;
-  if (v == "warning") return LogLevel::kWarning;
-  if (v == "error") return LogLevel::kError;
-  if (v == "off") return LogLevel::kOff;
-  return LogLevel::kInfo;
+  return env == nullptr ? LogLevel::kInfo : ParseLogLevel(env).value_or(LogLevel::kInfo);
 }
 
 std::atomic<LogLevel>& Level() {
@@ -42,6 +36,15 @@ const char* LevelName(LogLevel level) {
 }
 
 }  // namespace
+
+std::optional<LogLevel> ParseLogLevel(absl::string_view name) {
+  if (name == "debug") return LogLevel::kDebug;
+  if (name == "info") return LogLevel::kInfo;
+  if (name == "warning") return LogLevel::kWarning;
+  if (name == "error") return LogLevel::kError;
+  if (name == "off") return LogLevel::kOff;
+  return std::nullopt;
+}
 
 void SetLogLevel(LogLevel level) { Level().store(level); }
 LogLevel GetLogLevel() { return Level().load(); }

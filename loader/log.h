@@ -2,6 +2,8 @@
 // "msg", ...fields}). Callers never pass secrets; URLs are logged without query strings.
 #pragma once
 
+#include <optional>
+
 #include "absl/strings/string_view.h"
 
 #include "nlohmann/json.hpp"
@@ -12,6 +14,8 @@ enum class LogLevel { kDebug, kInfo, kWarning, kError, kOff };
 
 // Messages below this level are dropped (default kInfo; EMBER_LOG_LEVEL overrides).
 void SetLogLevel(LogLevel level);
+// "debug", "info", "warning", "error" or "off"; nullopt for anything else.
+std::optional<LogLevel> ParseLogLevel(absl::string_view name);
 LogLevel GetLogLevel();
 
 void Log(LogLevel level, absl::string_view component, absl::string_view msg,

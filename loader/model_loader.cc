@@ -166,15 +166,18 @@ class CopyQueue {
 }  // namespace
 
 absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& options) {
+  auto store = OpenObjectStore(uri);
+  if (!store.ok()) return store.status();
+  return LoadModelFrom(**store, options);
+}
+
+absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions& options) {
   const Clock::time_point start = Clock::now();
   if (options.chunk_bytes == 0 || options.staging_bytes < options.chunk_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("staging bytes (", options.staging_bytes,
                      ") must hold at least one chunk of ", options.chunk_bytes, " bytes"));
   }
-  auto store_or = OpenObjectStore(uri);
-  if (!store_or.ok()) return store_or.status();
-  ObjectStore& store = **store_or;
 
   const bool mirroring = !options.mirror_dir.empty();
   auto manifest_or = ReadManifest(store, mirroring, options.require_tokenizer);

@@ -16,6 +16,8 @@
 
 namespace ember::loader {
 
+class ObjectStore;  // loader/object_store.h
+
 enum class Target { kHost, kDevice, kNone };
 
 struct LoadProgress {
@@ -110,5 +112,8 @@ struct LoadedModel {
 // one .safetensors file). Fails with one error naming the source, the object and the
 // fault; a model is returned only when every byte has arrived and been checked.
 absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& options);
+
+// The same from a store already opened (OpenObjectStore), e.g. one already listed.
+absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions& options);
 
 }  // namespace ember::loader

@@ -149,7 +149,7 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
   auto bypass = [&](std::string reason) {
     report->outcome = CacheOutcome::kBypassed;
     report->reason = std::move(reason);
-    return LoadModel(uri, options);
+    return LoadModelFrom(**store, options);
   };
   if (absl::StartsWith(source, "file://") || absl::StartsWith(source, "/")) {
     return bypass("the source is already local");
@@ -189,7 +189,7 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
   unlink((report->entry_dir + "/" + kManifestName).c_str());
   LoadOptions fill = options;
   fill.mirror_dir = report->entry_dir;
-  auto model = LoadModel(uri, fill);
+  auto model = LoadModelFrom(**store, fill);  // reuses the listing made above
   if (!model.ok()) return model.status();
   if (absl::Status s = WriteManifest(report->entry_dir, source, **listing); !s.ok()) {
     LogWarning("cache", "the model loaded but the cache entry could not be completed",

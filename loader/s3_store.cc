@@ -38,7 +38,10 @@ class S3Store : public ObjectStore {
     return absl::StrCat("s3://", bucket_, "/", prefix_, name);
   }
 
+  // One ListObjectsV2 walk per store: a load through the node cache lists to validate the
+  // cache and then reads the manifest from the same listing.
   absl::StatusOr<std::optional<std::vector<ObjectInfo>>> List() override {
+    if (listed_.has_value()) return std::optional<std::vector<ObjectInfo>>(*listed_);
     std::vector<ObjectInfo> objects;
     std::string token;
     const std::string list_prefix = prefix_ + single_;
@@ -86,7 +89,8 @@ class S3Store : public ObjectStore {
           Root(), ": no objects under this ", single_.empty() ? "prefix" : "key",
           "; check the bucket and key and AWS_ENDPOINT_URL"));
     }
-    return std::optional<std::vector<ObjectInfo>>(std::move(objects));
+    listed_ = std::move(objects);
+    return std::optional<std::vector<ObjectInfo>>(*listed_);
   }
 
   absl::StatusOr<std::vector<SmallReadResult>> ReadSmall(const std::vector<SmallRead>& reads) override {
@@ -116,6 +120,7 @@ class S3Store : public ObjectStore {
   HttpAuth auth_;
   std::string object_base_;
   std::string list_url_;
+  std::optional<std::vector<ObjectInfo>> listed_;
 };
 
 }  // namespace

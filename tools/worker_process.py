@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,6 +168,72 @@ class WorkerProcess:
     def log_entries(self, msg: str) -> list[dict]:
         with self._lock:
             return [e for e in self.logs if e.get("msg") == msg]
+
+
+# --- a request that arrives before the worker --------------------------------------------------
+
+# Channel arguments for a client that dials a worker while it starts: gRPC's default
+# reconnect backoff starts at 1 s and grows, which would hide when the worker really could
+# answer; these retry every 50 to 200 ms.
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
+                  ("grpc.max_reconnect_backoff_ms", 200))
+
+
+@dataclass
+class ColdStartCall:
+    """What generate_during_cold_start saw. The worker is stopped (drained)."""
+    worker: WorkerProcess
+    exit_code: int
+    launch_to_first_token_s: float | None  # None when no token came
+    last: object | None                    # the final GenerateResponse (finish reason, usage)
+    error: Exception | None                # the call's grpc.RpcError, if it failed
+
+    def coldstart(self) -> dict:
+        """The worker's cold-start log record ({} when it wrote none)."""
+        records = self.worker.log_entries("coldstart")
+        return records[-1] if records else {}
+
+
+def generate_during_cold_start(model: str, request, *, flags=(), env: dict | None = None, binary=None,
+                               on_response=None, timeout: float = 600.0) -> ColdStartCall:
+    """Scale from zero: sends `request` (a GenerateRequest, with wait-for-ready) to a port where
+    nothing listens yet, then launches ember-worker there as an autoscaler would, and times
+    the first token from the launch. on_response(response) sees every streamed response."""
+    import grpc
+    from objstore import free_port
+    port = free_port()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=list(FAST_RECONNECT))
+    stub = stubs()[1].InferenceStub(channel)
+    first_token_at: list[float] = []
+    last: list = []
+    errors: list[Exception] = []
+    sent = threading.Event()
+
+    def client() -> None:
+        sent.set()
+        try:
+            for response in stub.Generate(request, timeout=timeout, wait_for_ready=True):
+                if response.token_ids and not first_token_at:
+                    first_token_at.append(time.perf_counter())
+                if on_response is not None:
+                    on_response(response)
+                if response.finish_reason:
+                    last.append(response)
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    sent.wait()
+    time.sleep(0.2)  # the call is really waiting before the worker exists
+    worker = WorkerProcess(model, args=[*flags, f"--grpc_port={port}"], env=env, binary=binary)
+    launched = time.perf_counter()
+    worker.start(wait_serving=False, timeout=timeout)
+    thread.join(timeout)
+    exit_code = worker.stop()
+    channel.close()
+    return ColdStartCall(worker, exit_code, first_token_at[0] - launched if first_token_at else None,
+                         last[0] if last else None, errors[0] if errors else None)
 
 
 # --- CLI -------------------------------------------------------------------------------------

@@ -135,18 +135,7 @@ int main(int argc, char** argv) {
   if (quiet) ember::SetLogLevel(ember::LogLevel::kWarning);
 
   // Backend.
-  std::string backend_name = absl::GetFlag(FLAGS_backend);
-  absl::StatusOr<std::unique_ptr<ember::kernels::Backend>> backend;
-  if (backend_name == "auto") {
-    backend = ember::kernels::MakeBackend("cuda");
-    if (!backend.ok()) {
-      ember::LogInfo("generate", "using the CPU backend",
-                     {{"reason", std::string(backend.status().message())}});
-      backend = ember::kernels::MakeBackend("cpu");
-    }
-  } else {
-    backend = ember::kernels::MakeBackend(backend_name);
-  }
+  auto backend = ember::worker::ChooseBackend(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) return Fail(backend.status());
 
   // Load.
@@ -163,22 +152,11 @@ int main(int argc, char** argv) {
   auto model = ember::loader::LoadModel(source, load);
   bar.Finish();
   if (!model.ok()) return Fail(model.status());
-  auto config_file = model->files.find("config.json");
-  if (config_file == model->files.end()) {
-    return Fail(absl::NotFoundError(absl::StrCat(source, ": no config.json")));
-  }
-  auto config = ember::worker::ParseModelConfig(config_file->second);
-  if (!config.ok()) return Fail(absl::Status(config.status().code(),
-                                             absl::StrCat(source, ": ", config.status().message())));
-  std::optional<ember::worker::Tokenizer> tokenizer;
-  if (model->files.count("tokenizer.json") > 0) {
-    auto config_it = model->files.find("tokenizer_config.json");
-    auto loaded = ember::worker::Tokenizer::Load(
-        model->files.at("tokenizer.json"),
-        config_it == model->files.end() ? "" : config_it->second);
-    if (!loaded.ok()) return Fail(loaded.status());
-    tokenizer = std::move(*loaded);
-  }
+  auto config = ember::worker::ModelConfigFromFiles(model->files, source);
+  if (!config.ok()) return Fail(config.status());
+  auto tokenizer_files = ember::worker::Tokenizer::FromFiles(model->files);
+  if (!tokenizer_files.ok()) return Fail(tokenizer_files.status());
+  const std::optional<ember::worker::Tokenizer> tokenizer = std::move(*tokenizer_files);
   if (!prompt_text.empty()) {
     auto ids = tokenizer->Encode(prompt_text, /*add_special_tokens=*/true);
     if (!ids.ok()) return Fail(ids.status());

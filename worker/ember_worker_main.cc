@@ -16,7 +16,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -41,7 +40,7 @@ ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks of 16 tokens (0: from --kv_mem
 ABSL_FLAG(double, drain_timeout_s, 30, "Seconds in-flight requests may take to finish after SIGTERM [EMBER_DRAIN_TIMEOUT_S]");
 ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (optional) [EMBER_CACHE_DIR]");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
-ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error [EMBER_LOG_LEVEL]");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
 
 namespace {
 
@@ -120,12 +119,9 @@ int main(int argc, char** argv) {
   if (std::string error; !ApplyEnvironment(&error)) return Usage(error);
   const std::vector<std::string> args = ember::ParseCli(argc, argv, kUsage, "ember_worker_main");
   if (args.size() != 1) return Usage("unexpected positional argument");
-  const std::string level = absl::GetFlag(FLAGS_log_level);
-  if (level == "debug") ember::SetLogLevel(ember::LogLevel::kDebug);
-  else if (level == "info") ember::SetLogLevel(ember::LogLevel::kInfo);
-  else if (level == "warning") ember::SetLogLevel(ember::LogLevel::kWarning);
-  else if (level == "error") ember::SetLogLevel(ember::LogLevel::kError);
-  else return Usage("--log_level must be debug, info, warning or error");
+  const std::optional<ember::LogLevel> level = ember::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.has_value()) return Usage("--log_level must be debug, info, warning, error or off");
+  ember::SetLogLevel(*level);
 
   ember::worker::ServingOptions serving;
   serving.source = absl::GetFlag(FLAGS_model);
@@ -201,9 +197,7 @@ int main(int argc, char** argv) {
   // Load in the background; the port is already answering.
   std::unique_ptr<ember::worker::ServingModel> model;
   std::atomic<bool> draining{false};
-  absl::Notification load_finished;
-  int exit_code = 0;
-  absl::Mutex exit_mu;
+  int exit_code = 0;  // written by the loading thread, read after it is joined
   serving.process_start = process_start;
   // The cold-start record: phases as [start, end] seconds after process start, completed by
   // the first token of the first request and then logged as one line.
@@ -237,11 +231,7 @@ int main(int argc, char** argv) {
       ember::Log(ember::LogLevel::kError, "worker", "the model failed to load",
                  {{"error", std::string(loaded.status().message())}});
       service.SetFailed(loaded.status());
-      {
-        absl::MutexLock lock(&exit_mu);
-        exit_code = 1;
-      }
-      load_finished.Notify();
+      exit_code = 1;
       kill(getpid(), SIGTERM);  // exit through the drain path (nothing to drain)
       return;
     }
@@ -275,7 +265,6 @@ int main(int argc, char** argv) {
                     {"weight_bytes", model->info().weight_bytes()},
                     {"kv_cache_tokens", model->info().kv_cache_tokens()},
                     {"context_length", model->info().context_length()}});
-    load_finished.Notify();
   });
 
   int signal_number = 0;
@@ -285,8 +274,7 @@ int main(int argc, char** argv) {
   ember::LogInfo("worker", "draining", {{"signal", signal_number}, {"drain_timeout_s", drain_timeout_s}});
   health->SetServingStatus(kServiceName, false);
   health->SetServingStatus(false);
-  load_finished.WaitForNotification();  // a drain during the load waits for it to settle
-  loader.join();
+  loader.join();  // a drain during the load waits for it to settle
   health->SetServingStatus(kServiceName, false);  // in case the load ended as the signal came
   health->SetServingStatus(false);
   bool drained = true;
@@ -305,6 +293,5 @@ int main(int argc, char** argv) {
   health->Shutdown();
   model.reset();
   ember::LogInfo("worker", "stopped", {{"drained", drained}, {"drain_s", SecondsSince(drain_start)}});
-  absl::MutexLock lock(&exit_mu);
   return exit_code;
 }

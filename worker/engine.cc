@@ -7,6 +7,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "loader/log.h"
 
 namespace ember::worker {
 namespace {
@@ -388,6 +389,14 @@ void Engine::Forward(const StepLayout& layout) {
   b.Linear(x, layout.n_out, weights_.lm_head, nullptr, ws_.logits.as<float>());
   b.Sample(ws_.logits.as<float>(), layout.n_out, c.vocab_size,
            ws_.sampling.as<kernels::SamplingRow>(), ws_.tokens.as<int32_t>());
+}
+
+absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_view choice) {
+  if (choice != "auto") return kernels::MakeBackend(choice);
+  auto cuda = kernels::MakeBackend("cuda");
+  if (cuda.ok()) return cuda;
+  LogInfo("engine", "using the CPU backend", {{"reason", std::string(cuda.status().message())}});
+  return kernels::MakeBackend("cpu");
 }
 
 }  // namespace ember::worker

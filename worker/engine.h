@@ -140,6 +140,10 @@ struct Engine::Resources {
   kernels::ScalarType kv_type = kernels::ScalarType::kF32;
 };
 
+// The backend for `choice`: "cpu", "cuda", or "auto" (CUDA when a GPU is usable, else the
+// CPU, with the reason logged).
+absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_view choice);
+
 // The `uniform` for sampling the token at `position` of a sequence seeded `seed`: a
 // counter-based hash, so a draw never depends on the batch or on earlier draws' order.
 float SamplingUniform(uint64_t seed, int64_t position);

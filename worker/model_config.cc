@@ -263,4 +263,15 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& c) {
   return inv;
 }
 
+absl::StatusOr<ModelConfig> ModelConfigFromFiles(const std::map<std::string, std::string>& files,
+                                                 absl::string_view source) {
+  auto file = files.find("config.json");
+  if (file == files.end()) return absl::NotFoundError(absl::StrCat(source, ": no config.json"));
+  auto config = ParseModelConfig(file->second);
+  if (!config.ok()) {
+    return absl::Status(config.status().code(), absl::StrCat(source, ": ", config.status().message()));
+  }
+  return config;
+}
+
 }  // namespace ember::worker

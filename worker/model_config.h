@@ -2,6 +2,7 @@
 // family: LlamaForCausalLM (Llama 2/3.x, SmolLM2), MistralForCausalLM, Qwen2ForCausalLM.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,11 @@ struct ModelConfig {
 // Parses config.json's text. Errors name the file and the field: an unsupported
 // architecture or rope_scaling type, a missing or mistyped field, inconsistent sizes.
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text);
+
+// The config.json among a model's files (as the loader returns them); errors begin with
+// `source`, and a missing config.json is NotFound.
+absl::StatusOr<ModelConfig> ModelConfigFromFiles(const std::map<std::string, std::string>& files,
+                                                 absl::string_view source);
 
 // Rotary inverse frequencies [head_dim / 2] in FP32, as transformers computes them
 // (including the llama3 rescaling of low frequencies).

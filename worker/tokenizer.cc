@@ -319,4 +319,14 @@ std::string TokenStreamDecoder::Finish() {
   return text;
 }
 
+absl::StatusOr<std::optional<Tokenizer>> Tokenizer::FromFiles(
+    const std::map<std::string, std::string>& files) {
+  auto tok = files.find("tokenizer.json");
+  if (tok == files.end()) return std::optional<Tokenizer>();
+  auto config = files.find("tokenizer_config.json");
+  auto tokenizer = Load(tok->second, config == files.end() ? "" : config->second);
+  if (!tokenizer.ok()) return tokenizer.status();
+  return std::optional<Tokenizer>(std::move(*tokenizer));
+}
+
 }  // namespace ember::worker

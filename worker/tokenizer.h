@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,6 +61,11 @@ class Tokenizer {
   const std::string& eos_token() const;
   // tokenizer_config.json's chat_template (the "default" one of a list); empty if none.
   const std::string& chat_template() const;
+
+  // tokenizer.json (with tokenizer_config.json when present) among a model's files, as
+  // the loader returns them; nullopt when the model has no tokenizer.json.
+  static absl::StatusOr<std::optional<Tokenizer>> FromFiles(
+      const std::map<std::string, std::string>& files);
 
   struct Parts;  // the loaded components (tokenizer.cc)
 

@@ -54,7 +54,10 @@ struct Scheduler::Active {
   int prompt_len = 0;
   int fed = 0;                     // tokens whose K/V are in the cache
   int generated = 0;
-  absl::flat_hash_map<int32_t, int> counts;  // output token occurrences (penalties)
+  // Kept only when sampling on the host: output token occurrences (frequency and presence
+  // penalties) and every token of prompt and output (repetition penalty).
+  absl::flat_hash_map<int32_t, int> counts;
+  absl::flat_hash_set<int32_t> seen;
   std::optional<StopTextStream> text;
   bool host_sampling = false;      // penalties, logprobs or min_tokens: sample on the host
   std::optional<FinishReason> abort;  // set under mu_ by Abort
@@ -121,6 +124,7 @@ absl::Status Scheduler::Submit(GenerationRequest request) {
   a->host_sampling = p.repetition_penalty != 1 || p.frequency_penalty != 0 ||
                      p.presence_penalty != 0 || p.top_logprobs > 0 ||
                      (p.min_tokens > 0 && (!p.ignore_eos || !p.stop_token_ids.empty()));
+  if (p.repetition_penalty != 1) a->seen.insert(a->tokens.begin(), a->tokens.end());
   a->request = std::move(request);
   by_id_[a->request.id] = a.get();
   queue_.push_back(std::move(a));
@@ -285,10 +289,8 @@ int32_t Scheduler::HostSample(Active* a, std::vector<float>& z, int64_t position
   const int vocab = static_cast<int>(z.size());
   if (p.repetition_penalty != 1) {
     // Hugging Face's rule over prompt and output: shrink positive logits, grow negative.
-    absl::flat_hash_map<int32_t, bool> seen;
-    for (int32_t t : a->tokens) {
-      if (!seen.emplace(t, true).second || t < 0 || t >= vocab) continue;
-      z[t] = z[t] > 0 ? z[t] / p.repetition_penalty : z[t] * p.repetition_penalty;
+    for (int32_t t : a->seen) {
+      if (t >= 0 && t < vocab) z[t] = z[t] > 0 ? z[t] / p.repetition_penalty : z[t] * p.repetition_penalty;
     }
   }
   for (const auto& [t, count] : a->counts) {  // OpenAI's rule over the output only
@@ -344,7 +346,10 @@ void Scheduler::AcceptToken(Active* a, int32_t token, const TokenLogprobs* logpr
   a->last_token = now;
   ++a->generated;
   a->tokens.push_back(token);
-  ++a->counts[token];
+  if (a->host_sampling) {
+    ++a->counts[token];
+    if (p.repetition_penalty != 1) a->seen.insert(token);
+  }
 
   // End-of-sequence tokens and stop strings count once min_tokens came before them.
   const bool may_stop = a->generated > p.min_tokens;

@@ -38,14 +38,15 @@ void Append(const TokenChunk& chunk, v1::GenerateResponse* out) {
   }
 }
 
+}  // namespace
+
 // One Generate call. The scheduler delivers tokens from its thread into `pending_`; at
 // most one write is in flight, and tokens that arrive meanwhile are merged into the next
 // response, so a slow reader costs one growing message, never a growing queue. The
 // reactor frees itself in OnDone; the scheduler may hold this object (as the request's
 // sink) a little longer, so it is shared and forgets the call on OnDone.
 class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
-                           public RequestSink,
-                           public std::enable_shared_from_this<GenerateCall> {
+                           public RequestSink {
  public:
   GenerateCall(grpc::CallbackServerContext* context, Metrics* metrics)
       : context_(context), metrics_(metrics) {}
@@ -185,8 +186,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
         has_pending_ = false;
         writing_ = true;
         action = kWrite;
-      } else if (finished_ || write_failed_) {
-        if (!finished_) return;  // the scheduler still owes OnFinish (the cancel reaches it)
+      } else if (finished_) {  // after a failed write, OnFinish still comes (the cancel reaches it)
         finish_called_ = true;
         status = final_status_;
         action = kFinish;
@@ -216,48 +216,26 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   grpc::Status final_status_;
 };
 
-}  // namespace
-
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-void InferenceService::SetModel(ServingModel* model) {
+void InferenceService::SetModel(ServingModel* model) { Settle(model, absl::OkStatus()); }
+
+void InferenceService::SetFailed(const absl::Status& status) {
+  Settle(nullptr, absl::UnavailableError(absl::StrCat("the model failed to load: ", status.message())));
+}
+
+void InferenceService::Settle(ServingModel* model, const absl::Status& failed) {
   std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting;
   {
     absl::MutexLock lock(&mu_);
     model_ = model;
+    failed_ = failed;
     waiting.swap(waiting_);
   }
-  for (auto& fn : waiting) fn(model, absl::OkStatus());
-}
-
-void InferenceService::SetFailed(const absl::Status& status) {
-  std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting;
-  const absl::Status unavailable =
-      absl::UnavailableError(absl::StrCat("the model failed to load: ", status.message()));
-  {
-    absl::MutexLock lock(&mu_);
-    failed_ = unavailable;
-    waiting.swap(waiting_);
-  }
-  for (auto& fn : waiting) fn(nullptr, unavailable);
-}
-
-void InferenceService::WhenReady(std::function<void(ServingModel*, const absl::Status&)> fn) {
-  ServingModel* model;
-  absl::Status failed;
-  {
-    absl::MutexLock lock(&mu_);
-    if (model_ == nullptr && failed_.ok()) {
-      waiting_.push_back(std::move(fn));
-      return;
-    }
-    model = model_;
-    failed = failed_;
-  }
-  fn(model, failed);
+  for (auto& fn : waiting) fn(model, failed);
 }
 
 absl::StatusOr<ServingModel*> InferenceService::Ready() {
@@ -273,37 +251,57 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
   auto call = std::make_shared<GenerateCall>(context, metrics_);
   call->Start(call);
   call->SetRequestId(request->request_id());
-  // The request is copied: a call waiting for the model outlives this handler.
-  auto copy = std::make_shared<v1::GenerateRequest>(*request);
-  std::weak_ptr<GenerateCall> weak = call;
-  WhenReady([this, weak, copy, arrival](ServingModel* model, const absl::Status& failed) {
-    std::shared_ptr<GenerateCall> call = weak.lock();
-    if (call == nullptr || call->finished()) return;  // cancelled or timed out while waiting
-    if (model == nullptr) {
-      metrics_->RequestFinished("error");
-      call->Fail(ToGrpc(failed));
-      return;
+  ServingModel* model;
+  absl::Status failed;
+  {
+    absl::MutexLock lock(&mu_);
+    if (model_ == nullptr && failed_.ok()) {
+      // The model is still loading: the call waits for it with a copy of the request (the
+      // handler's copy dies when this returns), unless the client gives up first.
+      std::weak_ptr<GenerateCall> weak = call;
+      waiting_.push_back([this, weak, copy = *request, arrival](ServingModel* model,
+                                                                const absl::Status& failed) {
+        if (std::shared_ptr<GenerateCall> call = weak.lock()) {
+          Submit(call, copy, arrival, model, failed);
+        }
+      });
+      return call.get();
     }
-    auto built = BuildGenerationRequest(*copy, model->limits());
-    if (!built.ok()) {
-      metrics_->RequestFinished("rejected");
-      call->Fail(ToGrpc(built.status()));
-      return;
-    }
-    call->SetRequestId(built->id);
-    built->arrival = arrival;
-    built->deadline = call->Deadline();
-    built->sink = call;
-    const std::string id = built->id;
-    if (absl::Status s = model->scheduler().Submit(std::move(*built)); !s.ok()) {
-      call->Fail(ToGrpc(s));
-      return;
-    }
-    if (call->MarkSubmitted(&model->scheduler())) {
-      model->scheduler().Abort(id, FinishReason::kCancelled);
-    }
-  });
+    model = model_;
+    failed = failed_;
+  }
+  Submit(call, *request, arrival, model, failed);
   return call.get();
+}
+
+void InferenceService::Submit(const std::shared_ptr<GenerateCall>& sink,
+                              const v1::GenerateRequest& request, Clock::time_point arrival,
+                              ServingModel* model, const absl::Status& failed) {
+  GenerateCall& call = *sink;
+  if (call.finished()) return;  // cancelled or timed out while waiting for the model
+  if (model == nullptr) {
+    metrics_->RequestFinished("error");
+    call.Fail(ToGrpc(failed));
+    return;
+  }
+  auto built = BuildGenerationRequest(request, model->limits());
+  if (!built.ok()) {
+    metrics_->RequestFinished("rejected");
+    call.Fail(ToGrpc(built.status()));
+    return;
+  }
+  call.SetRequestId(built->id);
+  built->arrival = arrival;
+  built->deadline = call.Deadline();
+  built->sink = sink;
+  const std::string id = built->id;
+  if (absl::Status s = model->scheduler().Submit(std::move(*built)); !s.ok()) {
+    call.Fail(ToGrpc(s));
+    return;
+  }
+  if (call.MarkSubmitted(&model->scheduler())) {
+    model->scheduler().Abort(id, FinishReason::kCancelled);
+  }
 }
 
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,

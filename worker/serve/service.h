@@ -16,6 +16,8 @@
 
 namespace ember::worker {
 
+class GenerateCall;  // one Generate stream (service.cc)
+
 class InferenceService final : public v1::Inference::CallbackService {
  public:
   explicit InferenceService(Metrics* metrics) : metrics_(metrics) {}
@@ -38,9 +40,11 @@ class InferenceService final : public v1::Inference::CallbackService {
                                   v1::AbortResponse* response) override;
 
  private:
-  // Runs `fn` with the model once it is ready (now if it is), or with null and the load
-  // error if loading failed.
-  void WhenReady(std::function<void(ServingModel*, const absl::Status&)> fn);
+  // Settles the model's state once: ready (`model`) or failed; runs the waiting calls.
+  void Settle(ServingModel* model, const absl::Status& failed);
+  // Validates and queues one Generate call, or ends it with the load's failure.
+  void Submit(const std::shared_ptr<GenerateCall>& call, const v1::GenerateRequest& request,
+              Clock::time_point arrival, ServingModel* model, const absl::Status& failed);
   // The ready model, or an UNAVAILABLE status saying why there is none.
   absl::StatusOr<ServingModel*> Ready();
 

@@ -48,21 +48,10 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   // while the loader lists the source, reads the headers and streams the weights.
   const Clock::time_point t0 = options.process_start;
   auto since = [t0](Clock::time_point t) { return std::chrono::duration<double>(t - t0).count(); };
-  const std::string backend_choice = options.backend;
   Clock::time_point backend_start = Clock::now(), backend_end;
   std::shared_future<absl::Status> backend_ready =
-      std::async(std::launch::async, [&model, &backend_choice, &backend_end]() -> absl::Status {
-        absl::StatusOr<std::unique_ptr<kernels::Backend>> backend;
-        if (backend_choice == "auto") {
-          backend = kernels::MakeBackend("cuda");
-          if (!backend.ok()) {
-            LogInfo("worker", "using the CPU backend",
-                    {{"reason", std::string(backend.status().message())}});
-            backend = kernels::MakeBackend("cpu");
-          }
-        } else {
-          backend = kernels::MakeBackend(backend_choice);
-        }
+      std::async(std::launch::async, [&model, &options, &backend_end]() -> absl::Status {
+        auto backend = ChooseBackend(options.backend);
         backend_end = Clock::now();
         if (!backend.ok()) return backend.status();
         model->backend_ = std::move(*backend);
@@ -131,20 +120,19 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
             {{"entry", cache.entry_dir}, {"reason", cache.reason}});
   }
   model->cache_outcome_ = loader::CacheOutcomeName(cache.outcome);
-  const loader::LoadedModel& loaded_model = model->loaded_;
-  if (model->backend_->is_device() != (loaded_model.target == loader::Target::kDevice)) {
+  const loader::LoadedModel& loaded = model->loaded_;
+  if (model->backend_->is_device() != (loaded.target == loader::Target::kDevice)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "the weights were loaded into ", loaded_model.target == loader::Target::kDevice ? "device" : "host",
+        "the weights were loaded into ", loaded.target == loader::Target::kDevice ? "device" : "host",
         " memory but the backend is ", model->backend_->name(), "; pass --backend explicitly"));
   }
   const double load_start_s = since(load_start);
   auto& phases = model->phases_;
   phases.push_back({"backend", since(backend_start), since(backend_end)});
-  phases.push_back({"headers", load_start_s, load_start_s + loaded_model.timings.headers_s});
-  phases.push_back({"weights", load_start_s + loaded_model.timings.first_byte_s,
-                    load_start_s + loaded_model.timings.copy_done_s});
+  phases.push_back({"headers", load_start_s, load_start_s + loaded.timings.headers_s});
+  phases.push_back({"weights", load_start_s + loaded.timings.first_byte_s,
+                    load_start_s + loaded.timings.copy_done_s});
   phases.push_back({"kv_cache", since(kv_start), since(kv_end)});
-  const loader::LoadedModel& loaded = model->loaded_;
 
   auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
   if (!weights.ok()) return WithSource(source, weights.status());
@@ -207,35 +195,24 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
 
 absl::Status ServingModel::ParseFiles(const std::map<std::string, std::string>& files,
                                       const std::string& source) {
-  auto config_file = files.find("config.json");
-  if (config_file == files.end()) {
-    return absl::NotFoundError(absl::StrCat(source, ": no config.json"));
-  }
-  auto config = ParseModelConfig(config_file->second);
-  if (!config.ok()) return WithSource(source, config.status());
-  config_ = std::move(*config);
-
-  if (auto tok = files.find("tokenizer.json"); tok != files.end()) {
-    auto tc = files.find("tokenizer_config.json");
-    auto tokenizer = Tokenizer::Load(tok->second, tc == files.end() ? "" : tc->second);
-    if (!tokenizer.ok()) return WithSource(source, tokenizer.status());
-    tokenizer_ = std::move(*tokenizer);
-    auto chat = ChatTemplate::Recognize(tokenizer_->chat_template(),
-                                        tokenizer_->bos_token(),
-                                        tokenizer_->eos_token());
-    if (chat.ok()) {
-      chat_template_ = std::move(*chat);
-    } else {
-      limits_.chat_template_error = chat.status();
-      LogInfo("worker", "chat messages are not accepted",
-              {{"reason", std::string(chat.status().message())}});
-    }
-  } else {
+  EMBER_ASSIGN_OR_RETURN(config_, ModelConfigFromFiles(files, source));
+  auto tokenizer = Tokenizer::FromFiles(files);
+  if (!tokenizer.ok()) return WithSource(source, tokenizer.status());
+  tokenizer_ = std::move(*tokenizer);
+  if (!tokenizer_) {
     limits_.chat_template_error =
-        absl::FailedPreconditionError(
-        "the model has no tokenizer.json, so it takes token ids only");
+        absl::FailedPreconditionError("the model has no tokenizer.json, so it takes token ids only");
+    return absl::OkStatus();
   }
-
+  auto chat = ChatTemplate::Recognize(tokenizer_->chat_template(), tokenizer_->bos_token(),
+                                      tokenizer_->eos_token());
+  if (chat.ok()) {
+    chat_template_ = std::move(*chat);
+  } else {
+    limits_.chat_template_error = chat.status();
+    LogInfo("worker", "chat messages are not accepted",
+            {{"reason", std::string(chat.status().message())}});
+  }
   return absl::OkStatus();
 }
 

@@ -58,6 +58,14 @@ std::optional<std::string> Utf8Problem(const google::protobuf::Message& request)
 namespace internal {
 
 grpc::Status DeserializeChecked(grpc::ByteBuffer* buffer, google::protobuf::Message* message) {
+  // The usual path first, gRPC's zero-copy reader on a copy that shares the slices; the
+  // bytes are gathered only for a request that fails to parse.
+  grpc::ByteBuffer attempt(*buffer);
+  if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&attempt, message)
+          .ok()) {
+    buffer->Clear();
+    return grpc::Status::OK;
+  }
   std::vector<grpc::Slice> slices;
   if (!buffer->Dump(&slices).ok()) {
     return grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the request");
@@ -65,8 +73,7 @@ grpc::Status DeserializeChecked(grpc::ByteBuffer* buffer, google::protobuf::Mess
   std::string wire;
   for (const grpc::Slice& s : slices) wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
   buffer->Clear();
-  if (message->ParseFromString(wire)) return grpc::Status::OK;
-  // Not parseable as is: well-formed protobuf with non-UTF-8 text, or garbage.
+  // Well-formed protobuf with non-UTF-8 text, or garbage.
   google::protobuf::UnknownFieldSet fields;
   std::string problem;
   if (!fields.ParseFromString(wire) ||

@@ -81,13 +81,7 @@ absl::StatusOr<std::unique_ptr<Normalizer>> Normalizer::FromJson(const json& j,
   }
   if (type == "Sequence") {
     std::vector<std::unique_ptr<Normalizer>> steps;
-    auto add = [&](const json& step, const std::string& step_path) -> absl::Status {
-      std::unique_ptr<Normalizer> normalizer;
-      EMBER_ASSIGN_OR_RETURN(normalizer, FromJson(step, step_path));
-      steps.push_back(std::move(normalizer));
-      return absl::OkStatus();
-    };
-    EMBER_RETURN_IF_ERROR(tj::ForEach(j, path, "normalizers", add));
+    EMBER_ASSIGN_OR_RETURN(steps, tj::ParseEach<Normalizer>(j, path, "normalizers", &FromJson));
     return std::make_unique<SequenceNormalizer>(std::move(steps));
   }
   return tj::UnsupportedType(path, "normalizer", type,

@@ -279,13 +279,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
   }
   if (type == "Sequence") {
     std::vector<std::unique_ptr<PreTokenizer>> steps;
-    auto add = [&](const json& step, const std::string& step_path) -> absl::Status {
-      std::unique_ptr<PreTokenizer> pre_tokenizer;
-      EMBER_ASSIGN_OR_RETURN(pre_tokenizer, FromJson(step, step_path));
-      steps.push_back(std::move(pre_tokenizer));
-      return absl::OkStatus();
-    };
-    EMBER_RETURN_IF_ERROR(tj::ForEach(j, path, "pretokenizers", add));
+    EMBER_ASSIGN_OR_RETURN(steps, tj::ParseEach<PreTokenizer>(j, path, "pretokenizers", &FromJson));
     return std::make_unique<SequencePreTokenizer>(std::move(steps));
   }
   return tj::UnsupportedType(path, "pre-tokenizer", type,

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -52,6 +54,21 @@ absl::StatusOr<const json*> Object(const json& j, absl::string_view path, const 
 // ("<path>.<field>[i]"), in order, until it returns an error, which ForEach returns.
 absl::Status ForEach(const json& j, absl::string_view path, const char* field,
                      absl::FunctionRef<absl::Status(const json&, const std::string&)> fn);
+
+// Each element of the required list `field` parsed by `parse(element, element_path)`, which
+// returns absl::StatusOr<std::unique_ptr<T>> (a Sequence's steps); the first error wins.
+template <class T, class Parse>
+absl::StatusOr<std::vector<std::unique_ptr<T>>> ParseEach(const json& j, absl::string_view path,
+                                                          const char* field, Parse parse) {
+  std::vector<std::unique_ptr<T>> out;
+  EMBER_RETURN_IF_ERROR(ForEach(j, path, field, [&](const json& e, const std::string& e_path) {
+    auto item = parse(e, e_path);
+    if (!item.ok()) return item.status();
+    out.push_back(*std::move(item));
+    return absl::OkStatus();
+  }));
+  return out;
+}
 
 // A token id: an integer in [0, 2^31); nullopt for any other value.
 std::optional<int32_t> Id(const json& v);

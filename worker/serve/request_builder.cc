@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "loader/status_macros.h"
-#include "worker/utf8.h"
 
 namespace ember::worker {
 namespace {
@@ -33,17 +32,9 @@ absl::Status CheckIds(absl::string_view field, const google::protobuf::RepeatedF
   return absl::OkStatus();
 }
 
-absl::Status CheckText(absl::string_view field, const std::string& text) {
-  if (auto bad = utf8::FindInvalid(text); bad.has_value()) {
-    return Invalid(field, absl::StrCat("not valid UTF-8 (byte offset ", *bad, ")"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view field, const std::string& text,
                                             bool add_special, const ModelLimits& model) {
   if (model.tokenizer == nullptr) return NeedsTokenizer(field);
-  EMBER_RETURN_IF_ERROR(CheckText(field, text));
   auto ids = model.tokenizer->Encode(text, add_special);
   if (!ids.ok()) return Invalid(field, ids.status().message());
   return ids;
@@ -60,8 +51,6 @@ absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
   std::vector<ChatMessage> messages;
   for (int i = 0; i < chat.messages_size(); ++i) {
     const auto& m = chat.messages(i);
-    EMBER_RETURN_IF_ERROR(CheckText(absl::StrCat("chat.messages[", i, "].role"), m.role()));
-    EMBER_RETURN_IF_ERROR(CheckText(absl::StrCat("chat.messages[", i, "].content"), m.content()));
     messages.push_back({m.role(), m.content()});
   }
   auto text = model.chat_template->Render(messages, /*add_generation_prompt=*/true);
@@ -114,7 +103,6 @@ absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateReque
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return Invalid("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
   }
-  EMBER_RETURN_IF_ERROR(CheckText("request_id", request.request_id()));
   absl::BitGen gen;
   out.id = request.request_id().empty()
                ? absl::StrFormat("req-%016x", absl::Uniform<uint64_t>(gen))
@@ -191,7 +179,6 @@ absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateReque
     if (st.stop(i).size() > kMaxStopBytes) {
       return Invalid(field, absl::StrCat("longer than ", kMaxStopBytes, " bytes"));
     }
-    EMBER_RETURN_IF_ERROR(CheckText(field, st.stop(i)));
     p.stop.push_back(st.stop(i));
   }
   EMBER_RETURN_IF_ERROR(CheckIds("stopping.stop_token_ids", st.stop_token_ids(), model.vocab_size));

@@ -26,6 +26,16 @@ float SamplingUniform(uint64_t seed, int64_t position) {
   return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // 24 bits: exact in float
 }
 
+kernels::SamplingRow SamplingRowFor(const SamplingParams& params, int64_t position) {
+  kernels::SamplingRow row;
+  row.temperature = params.temperature;
+  row.top_k = params.top_k;
+  row.top_p = params.top_p;
+  row.min_p = params.min_p;
+  row.uniform = SamplingUniform(params.seed, position);
+  return row;
+}
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config,
                                                        ModelWeights weights,
                                                        kernels::Backend* backend,
@@ -267,14 +277,8 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
     }
     if (in.sample || in.want_logits) {
       meta[layout.out_rows + sampling.size()] = t_all - 1;
-      kernels::SamplingRow row;
-      row.temperature = in.sampling.temperature;
-      row.top_k = in.sampling.top_k;
-      row.top_p = in.sampling.top_p;
-      row.min_p = in.sampling.min_p;
       // The token being chosen sits at position length + tokens.
-      row.uniform = SamplingUniform(in.sampling.seed, seq.length + in.tokens.size());
-      sampling.push_back(row);
+      sampling.push_back(SamplingRowFor(in.sampling, seq.length + in.tokens.size()));
     }
   }
   layout.n_out = static_cast<int>(sampling.size());

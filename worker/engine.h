@@ -148,4 +148,8 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_vie
 // counter-based hash, so a draw never depends on the batch or on earlier draws' order.
 float SamplingUniform(uint64_t seed, int64_t position);
 
+// The backend's sampling row for choosing the token at `position` with `params` (what Step
+// uses; a caller that samples logits itself gets the same draw).
+kernels::SamplingRow SamplingRowFor(const SamplingParams& params, int64_t position);
+
 }  // namespace ember::worker

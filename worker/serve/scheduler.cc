@@ -307,12 +307,7 @@ int32_t Scheduler::HostSample(Active* a, std::vector<float>& z, int64_t position
       if (t >= 0 && t < vocab) z[t] = off;
     }
   }
-  kernels::SamplingRow row;
-  row.temperature = p.sampling.temperature;
-  row.top_k = p.sampling.top_k;
-  row.top_p = p.sampling.top_p;
-  row.min_p = p.sampling.min_p;
-  row.uniform = SamplingUniform(p.sampling.seed, position);
+  const kernels::SamplingRow row = SamplingRowFor(p.sampling, position);
   int32_t token = 0;
   kernels::cpu::Sample(z.data(), 1, vocab, &row, &token);
   if (p.top_logprobs > 0) {

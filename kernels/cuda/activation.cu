@@ -46,9 +46,8 @@ cudaError_t LaunchSwiGlu(const float* gate, const float* up, int64_t count, floa
                            16) == 0;
   constexpr int kThreads = 256;
   const int64_t items = vectorized ? (count + 3) / 4 : count;
-  swiglu_kernel<<<GridStrideBlocks(items, kThreads), kThreads, 0, stream>>>(gate, up, count,
-                                                                            vectorized, out);
-  return cudaGetLastError();
+  return LaunchKernel<swiglu_kernel>(GridStrideBlocks(items, kThreads), kThreads, 0, stream, gate,
+                                     up, count, vectorized, out);
 }
 
 }  // namespace ember::kernels

@@ -285,9 +285,8 @@ cudaError_t LaunchKvStore(const KvLayer& cache, const float* k, const float* v,
   if (n == 0 || width == 0) return cudaSuccess;
   return DispatchScalarType(cache.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    kv_store_kernel<T><<<n, 256, 0, stream>>>(k, v, slots, width, static_cast<T*>(cache.k),
-                                              static_cast<T*>(cache.v));
-    return cudaGetLastError();
+    return LaunchKernel<kv_store_kernel<T>>(n, 256, 0, stream, k, v, slots, width,
+                                            static_cast<T*>(cache.k), static_cast<T*>(cache.v));
   });
 }
 
@@ -319,15 +318,14 @@ cudaError_t LaunchPagedAttention(const AttentionArgs& p, cudaStream_t stream) {
   const dim3 grid(p.n, c.kv_heads, plan.splits);
   cudaError_t err = DispatchScalarType(c.type, [&](auto tag) {
     using KV = typename decltype(tag)::type;
-    paged_attention_kernel<KV>
-        <<<grid, kAttnThreads, 0, stream>>>(p, plan.partition, partial_acc, partial_ml);
-    return cudaGetLastError();
+    return LaunchKernel<paged_attention_kernel<KV>>(grid, kAttnThreads, 0, stream, p,
+                                                    plan.partition, partial_acc, partial_ml);
   });
   if (err != cudaSuccess || plan.splits == 1) return err;
-  combine_splits_kernel<<<dim3(p.n, p.q_heads), kAttnThreads, 0, stream>>>(
-      p.token_pos, p.sliding_window, p.q_heads, c.head_dim, plan.partition, plan.splits,
-      partial_acc, partial_ml, p.out);
-  return cudaGetLastError();
+  return LaunchKernel<combine_splits_kernel>(dim3(p.n, p.q_heads), kAttnThreads, 0, stream,
+                                             p.token_pos, p.sliding_window, p.q_heads, c.head_dim,
+                                             plan.partition, plan.splits, partial_acc, partial_ml,
+                                             p.out);
 }
 
 }  // namespace ember::kernels

@@ -1,7 +1,6 @@
 // Device byte checksum: a grid-stride reduction of byte[i] * (i % 65521 + 1).
-#include <cuda_runtime.h>
-
 #include "kernels/checksum.h"
+#include "kernels/cuda/common.cuh"
 
 namespace ember::kernels {
 namespace {
@@ -24,8 +23,9 @@ bool ByteChecksumDevice(const void* device_data, size_t n, uint64_t* out) {
   if (cudaMalloc(&sum, sizeof(*sum)) != cudaSuccess) return false;
   bool ok = cudaMemset(sum, 0, sizeof(*sum)) == cudaSuccess;
   if (ok && n > 0) {
-    byte_checksum_kernel<<<1024, 256>>>(static_cast<const uint8_t*>(device_data), n, sum);
-    ok = cudaGetLastError() == cudaSuccess;
+    ok = LaunchKernel<byte_checksum_kernel>(1024, 256, 0, nullptr,
+                                            static_cast<const uint8_t*>(device_data), n,
+                                            sum) == cudaSuccess;
   }
   unsigned long long host = 0;
   ok = ok && cudaMemcpy(&host, sum, sizeof(host), cudaMemcpyDeviceToHost) == cudaSuccess;

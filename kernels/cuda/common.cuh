@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #include "kernels/cuda/ops.h"
 
@@ -36,6 +37,28 @@ cudaError_t DispatchScalarType(ScalarType type, F&& f) {
   }
   return cudaErrorInvalidValue;
 }
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), then the launch's error. Every
+// launch goes through here, so that the tests' host emulation of CUDA
+// (tests/cuda_emulation, -DEMBER_CUDA_EMULATION=ON) runs the same kernels on fibers.
+template <auto Kernel, typename... Args>
+cudaError_t LaunchKernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                         Args&&... args) {
+#ifdef EMBER_CUDA_EMULATION
+  cuda_emulation::Launch<Kernel>(grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+#else
+  auto* kernel = Kernel;
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+#endif
+  return cudaGetLastError();
+}
+
+// The kernel's dynamic shared memory (extern __shared__) as a T*, named `name`.
+#ifdef EMBER_CUDA_EMULATION
+#define EMBER_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::cuda_emulation::DynamicShared())
+#else
+#define EMBER_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
 
 // Blocks for a grid-stride loop over `count` items: enough to fill the GPU, capped because
 // each thread loops.

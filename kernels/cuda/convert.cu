@@ -19,9 +19,8 @@ __global__ void convert_kernel(const From* __restrict__ in,  // [count]
 template <typename From, typename To>
 cudaError_t LaunchConvert(const From* in, int64_t count, To* out, cudaStream_t stream) {
   constexpr int kThreads = 256;
-  convert_kernel<From, To>
-      <<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(in, count, out);
-  return cudaGetLastError();
+  return LaunchKernel<convert_kernel<From, To>>(GridStrideBlocks(count, kThreads), kThreads, 0,
+                                                stream, in, count, out);
 }
 
 }  // namespace

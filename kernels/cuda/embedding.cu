@@ -30,8 +30,8 @@ cudaError_t LaunchEmbed(const void* table, ScalarType type, int64_t hidden, cons
   if (n == 0 || hidden == 0) return cudaSuccess;
   return DispatchScalarType(type, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    embed_kernel<T><<<n, 256, 0, stream>>>(static_cast<const T*>(table), ids, hidden, out);
-    return cudaGetLastError();
+    return LaunchKernel<embed_kernel<T>>(n, 256, 0, stream, static_cast<const T*>(table), ids,
+                                         hidden, out);
   });
 }
 

@@ -141,13 +141,11 @@ cudaError_t LaunchGemvTiles(const float* x, int n, const W* w, int64_t rows, int
                   static_cast<unsigned>((n + NT - 1) / NT));
   const bool vector = reinterpret_cast<uintptr_t>(w) % 16 == 0 && cols % kVectorElems<W> == 0;
   if (vector) {
-    linear_gemv_kernel<W, NT, true>
-        <<<grid, kGemvThreads, 0, stream>>>(x, w, bias, y, n, rows, cols);
-  } else {
-    linear_gemv_kernel<W, NT, false>
-        <<<grid, kGemvThreads, 0, stream>>>(x, w, bias, y, n, rows, cols);
+    return LaunchKernel<linear_gemv_kernel<W, NT, true>>(grid, kGemvThreads, 0, stream, x, w, bias,
+                                                         y, n, rows, cols);
   }
-  return cudaGetLastError();
+  return LaunchKernel<linear_gemv_kernel<W, NT, false>>(grid, kGemvThreads, 0, stream, x, w, bias, y,
+                                                        n, rows, cols);
 }
 
 }  // namespace
@@ -187,8 +185,8 @@ cudaError_t LaunchAddBias(float* y, const float* bias, int n, int64_t rows, cuda
   const int64_t count = static_cast<int64_t>(n) * rows;
   if (count == 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  add_bias_kernel<<<GridStrideBlocks(count, kThreads), kThreads, 0, stream>>>(y, bias, count, rows);
-  return cudaGetLastError();
+  return LaunchKernel<add_bias_kernel>(GridStrideBlocks(count, kThreads), kThreads, 0, stream, y,
+                                       bias, count, rows);
 }
 
 }  // namespace ember::kernels

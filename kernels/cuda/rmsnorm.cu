@@ -44,8 +44,8 @@ cudaError_t LaunchAddRmsNorm(const float* x, float* residual, const float* weigh
                              int hidden, float eps, float* out, cudaStream_t stream) {
   if (n < 0 || hidden < 0) return cudaErrorInvalidValue;
   if (n == 0 || hidden == 0) return cudaSuccess;
-  add_rms_norm_kernel<<<n, kRmsNormThreads, 0, stream>>>(x, residual, weight, hidden, eps, out);
-  return cudaGetLastError();
+  return LaunchKernel<add_rms_norm_kernel>(n, kRmsNormThreads, 0, stream, x, residual, weight,
+                                           hidden, eps, out);
 }
 
 }  // namespace ember::kernels

@@ -50,9 +50,8 @@ cudaError_t LaunchRope(float* q, float* k, const int32_t* positions, const float
     return cudaErrorInvalidValue;
   }
   if (n == 0 || head_dim == 0 || q_heads + kv_heads == 0) return cudaSuccess;
-  rope_kernel<<<n, kRopeThreads, 0, stream>>>(q, k, positions, inv_freq, q_heads, kv_heads,
-                                              head_dim);
-  return cudaGetLastError();
+  return LaunchKernel<rope_kernel>(n, kRopeThreads, 0, stream, q, k, positions, inv_freq, q_heads,
+                                   kv_heads, head_dim);
 }
 
 }  // namespace ember::kernels

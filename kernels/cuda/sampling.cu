@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(kSampleThreads, 1)
                   const SamplingRow* __restrict__ rows,  // [n_rows]
                   int32_t* __restrict__ tokens) {        // [n_rows]
   // The compacted top-p candidates: int tokens[kCandidateCap], then float weights[...].
-  extern __shared__ __align__(16) unsigned char candidate_bytes[];
+  EMBER_DYNAMIC_SHARED(unsigned char, candidate_bytes);
   __shared__ SampleShared sh;
   const SamplingRow r = rows[blockIdx.x];
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
@@ -359,8 +359,8 @@ cudaError_t LaunchSample(const float* logits, int n_rows, int vocab, const Sampl
                          int32_t* tokens, cudaStream_t stream) {
   if (n_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (n_rows == 0) return cudaSuccess;
-  sample_kernel<<<n_rows, kSampleThreads, kCandidateBytes, stream>>>(logits, vocab, rows, tokens);
-  return cudaGetLastError();
+  return LaunchKernel<sample_kernel>(n_rows, kSampleThreads, kCandidateBytes, stream, logits, vocab,
+                                     rows, tokens);
 }
 
 }  // namespace ember::kernels

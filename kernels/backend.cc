@@ -24,4 +24,12 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name) {
       absl::StrCat("unknown backend '", name, "' (expected 'cpu' or 'cuda')"));
 }
 
+absl::Status CheckBackendHardware(absl::string_view name) {
+#ifdef EMBER_HAVE_CUDA
+  if (name == "cuda") return CheckCudaDevice();
+#endif
+  if (name == "cpu") return absl::OkStatus();
+  return MakeBackend(name).status();  // no CUDA in this build, or an unknown name
+}
+
 }  // namespace ember::kernels

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 #include <string>
 #include <utility>
 
@@ -82,6 +83,10 @@ class Backend {
   // `weight_type` (the CPU reference always uses F32).
   virtual ScalarType KvType(ScalarType weight_type) const = 0;
   virtual size_t AttentionWorkspaceBytes(int max_tokens, int q_heads, int head_dim) const = 0;
+  // Step sizes (tokens) whose steps run different code, one of each: a warm-up step of each
+  // size leaves nothing for a request to load or compile lazily (a GPU loads each kernel
+  // module at its first launch). Ascending.
+  virtual std::vector<int> WarmUpTokenCounts() const { return {1}; }
 
   // ---- ops (shapes in the comments; n = tokens in the step) --------------------------
   // out[rows * cols] = m converted to F32 (norm weights and biases are kept in F32).
@@ -116,5 +121,11 @@ class Backend {
 
 // "cpu" or "cuda"; Unavailable (with the reason) when the CUDA backend cannot run here.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(absl::string_view name);
+
+// Whether MakeBackend(name) would find its hardware, without creating the backend: for
+// "cuda", a GPU of compute capability 8.0 or newer (no context is created, so this costs
+// milliseconds where MakeBackend costs hundreds). A server decides from it where the
+// weights go while the backend itself comes up during the load.
+absl::Status CheckBackendHardware(absl::string_view name);
 
 }  // namespace ember::kernels

@@ -168,10 +168,48 @@ absl::Status CopyStream::CopyToDevice(void* device_dst, const void* host_src, si
 #endif
 }
 
-absl::Status CopyStream::Synchronize() {
+absl::Status CopyStream::Record(CopyEvent& event) {
 #ifdef EMBER_HAVE_CUDA
-  const cudaError_t e = cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
-  if (e != cudaSuccess) return CudaError(e, "cudaStreamSynchronize");
+  const cudaError_t e = cudaEventRecord(static_cast<cudaEvent_t>(event.event_),
+                                        static_cast<cudaStream_t>(stream_));
+  if (e != cudaSuccess) return CudaError(e, "cudaEventRecord");
+  return absl::OkStatus();
+#else
+  return absl::FailedPreconditionError("built without CUDA");
+#endif
+}
+
+absl::StatusOr<CopyEvent> CopyEvent::Create() {
+  CopyEvent event;
+#ifdef EMBER_HAVE_CUDA
+  if (!CudaAvailable()) return absl::FailedPreconditionError("no usable GPU");
+  cudaEvent_t e;
+  const cudaError_t err = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+  if (err != cudaSuccess) return CudaError(err, "cudaEventCreate");
+  event.event_ = e;
+  return event;
+#else
+  return absl::FailedPreconditionError("built without CUDA");
+#endif
+}
+
+CopyEvent::CopyEvent(CopyEvent&& other) noexcept : event_(other.event_) { other.event_ = nullptr; }
+
+CopyEvent& CopyEvent::operator=(CopyEvent&& other) noexcept {
+  std::swap(event_, other.event_);
+  return *this;
+}
+
+CopyEvent::~CopyEvent() {
+#ifdef EMBER_HAVE_CUDA
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+#endif
+}
+
+absl::Status CopyEvent::Wait() {
+#ifdef EMBER_HAVE_CUDA
+  const cudaError_t e = cudaEventSynchronize(static_cast<cudaEvent_t>(event_));
+  if (e != cudaSuccess) return CudaError(e, "cudaEventSynchronize");
   return absl::OkStatus();
 #else
   return absl::FailedPreconditionError("built without CUDA");

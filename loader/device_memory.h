@@ -33,6 +33,27 @@ void FreeStaging(void* ptr, size_t bytes);
 absl::StatusOr<void*> AllocDevice(size_t bytes);
 void FreeDevice(void* ptr);
 
+class CopyStream;
+
+// A CUDA event marking how far a copy stream has got: recorded after the copies out of a
+// staging slot, waited for before the slot is reused.
+class CopyEvent {
+ public:
+  static absl::StatusOr<CopyEvent> Create();
+  CopyEvent(CopyEvent&& other) noexcept;
+  CopyEvent& operator=(CopyEvent&& other) noexcept;
+  ~CopyEvent();
+
+  // Blocks until the work before the latest Record() has finished (at once if never
+  // recorded).
+  absl::Status Wait();
+
+ private:
+  friend class CopyStream;
+  CopyEvent() = default;
+  void* event_ = nullptr;  // cudaEvent_t
+};
+
 // A non-blocking CUDA stream for host-to-device copies; each copy thread owns one.
 class CopyStream {
  public:
@@ -43,8 +64,8 @@ class CopyStream {
 
   // Enqueues a host-to-device copy (src must be staging memory to be truly async).
   absl::Status CopyToDevice(void* device_dst, const void* host_src, size_t bytes);
-  // Blocks until every copy enqueued so far has finished.
-  absl::Status Synchronize();
+  // Marks the copies enqueued so far in `event` (replacing what it marked before).
+  absl::Status Record(CopyEvent& event);
 
  private:
   CopyStream() = default;

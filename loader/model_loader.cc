@@ -131,24 +131,30 @@ class Mirror {
   std::vector<std::string> names_;
 };
 
-// Filled chunks waiting for a copy thread. Bounded by the ring: a chunk occupies a slot.
-class CopyQueue {
+// A staging slot and the chunk it holds: filled and waiting for a copy thread, or (device
+// loads) with its copies enqueued and waiting for them to finish.
+struct FilledSlot {
+  ChunkJob job;
+  StagingSlot* slot = nullptr;
+};
+
+// Slots between two stages, in order. Bounded by the ring: each item holds a slot.
+class SlotQueue {
  public:
-  void Push(const ChunkJob& job, StagingSlot* slot) {
+  void Push(const FilledSlot& item) {
     absl::MutexLock lock(&mu_);
-    items_.push_back({job, slot});
+    items_.push_back(item);
   }
   // Blocks until an item arrives or the queue is closed and empty.
-  bool Pop(ChunkJob* job, StagingSlot** slot) {
+  bool Pop(FilledSlot* item) {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
-        +[](CopyQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
+        +[](SlotQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu_) {
           return q->closed_ || !q->items_.empty();
         },
         this));
     if (items_.empty()) return false;
-    *job = items_.front().first;
-    *slot = items_.front().second;
+    *item = items_.front();
     items_.pop_front();
     return true;
   }
@@ -159,7 +165,7 @@ class CopyQueue {
 
  private:
   absl::Mutex mu_;
-  std::deque<std::pair<ChunkJob, StagingSlot*>> items_ ABSL_GUARDED_BY(mu_);
+  std::deque<FilledSlot> items_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -247,7 +253,19 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
     ring.Close();
   };
 
-  CopyQueue queue;
+  // Device loads: a copy thread enqueues a chunk's copies, records the slot's event and
+  // moves on to the next chunk; the releaser thread frees each slot once its event says the
+  // copies out of it finished. So no copy thread waits for its stream, and no slot is
+  // reused while a copy may still read it, on the error paths too.
+  std::vector<CopyEvent> slot_events;
+  if (target == Target::kDevice) {
+    for (int i = 0; i < ring.slots(); ++i) {
+      auto event = CopyEvent::Create();
+      if (!event.ok()) return event.status();
+      slot_events.push_back(*std::move(event));
+    }
+  }
+  SlotQueue queue, in_flight;
   auto copy_worker = [&] {
     std::optional<CopyStream> stream;
     if (target == Target::kDevice) {
@@ -255,9 +273,10 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       if (!s.ok()) return fail(s.status());
       stream.emplace(*std::move(s));
     }
-    ChunkJob job;
-    StagingSlot* slot;
-    while (queue.Pop(&job, &slot)) {
+    FilledSlot filled;
+    while (queue.Pop(&filled)) {
+      const ChunkJob& job = filled.job;
+      StagingSlot* slot = filled.slot;
       absl::Status status;
       if (mirroring) status = mirror.Write(job.file, job.offset, slot->data, job.length);
       if (status.ok() && target != Target::kNone) {
@@ -271,13 +290,40 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
                               std::memcpy(dst, slot->data + in_chunk, bytes);
                             }
                           });
-        if (status.ok() && stream) status = stream->Synchronize();
       }
-      ring.Release(slot);
+      if (!stream) {
+        ring.Release(slot);
+        if (!status.ok()) return fail(status);
+        bytes_done.fetch_add(job.length);
+        continue;
+      }
+      // The event covers whatever was enqueued, also when a later copy failed. Should the
+      // record itself fail, the slot stays taken: the load fails, and the ring is freed only
+      // after the device is idle.
+      const absl::Status recorded = stream->Record(slot_events[slot->index]);
+      if (recorded.ok()) {
+        // After a failed copy the chunk's bytes do not count as landed: length 0.
+        in_flight.Push({status.ok() ? job : ChunkJob{job.file, job.offset, 0}, slot});
+      }
+      if (status.ok()) status = recorded;
       if (!status.ok()) return fail(status);
-      bytes_done.fetch_add(job.length);
     }
   };
+  std::thread releaser;
+  if (target == Target::kDevice) {
+    releaser = std::thread([&] {
+      FilledSlot landed;
+      while (in_flight.Pop(&landed)) {
+        const absl::Status copied = slot_events[landed.slot->index].Wait();
+        if (!copied.ok()) {
+          fail(copied);
+          continue;  // the slot stays taken, as above
+        }
+        ring.Release(landed.slot);
+        bytes_done.fetch_add(landed.job.length);
+      }
+    });
+  }
 
   StreamOptions stream_options;
   stream_options.connections = options.connections;
@@ -288,7 +334,7 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   absl::Notification streamed;
   std::thread streamer([&] {
     stream_status = store.Stream(manifest.weight_objects, jobs, ring,
-                                 [&](const ChunkJob& job, StagingSlot* slot) { queue.Push(job, slot); },
+                                 [&](const ChunkJob& job, StagingSlot* slot) { queue.Push({job, slot}); },
                                  stream_options, counters, cancel);
     if (!stream_status.ok()) {
       cancel.store(true);
@@ -308,6 +354,8 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   while (!streamed.WaitForNotificationWithTimeout(absl::Milliseconds(100))) report();
   streamer.join();
   for (std::thread& t : copiers) t.join();
+  in_flight.Close();
+  if (releaser.joinable()) releaser.join();
   report();
 
   if (!stream_status.ok() && !absl::IsCancelled(stream_status)) return stream_status;

@@ -222,6 +222,24 @@ absl::Status Engine::Validate(std::span<const StepInput> inputs) const {
   return absl::OkStatus();
 }
 
+absl::Status Engine::WarmUp() {
+  constexpr uint64_t kWarmUpSequence = ~uint64_t{0};
+  const int block_size = options_.block_size;
+  for (int n : backend_->WarmUpTokenCounts()) {
+    const int64_t blocks = (n + block_size - 1) / block_size;
+    if (n > options_.max_step_tokens || n > max_context_ || blocks > cache_.free_blocks()) break;
+    const std::vector<int32_t> tokens(n, 0);
+    StepInput in;
+    in.sequence = kWarmUpSequence;
+    in.tokens = tokens;
+    if (absl::Status s = AddSequence(kWarmUpSequence); !s.ok()) return s;
+    auto step = Step(std::span<const StepInput>(&in, 1));
+    RemoveSequence(kWarmUpSequence);
+    if (!step.ok()) return step.status();
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> inputs) {
   if (absl::Status s = Validate(inputs); !s.ok()) return s;
   std::vector<Sequence*> seqs;
@@ -401,6 +419,12 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_vie
   if (cuda.ok()) return cuda;
   LogInfo("engine", "using the CPU backend", {{"reason", std::string(cuda.status().message())}});
   return kernels::MakeBackend("cpu");
+}
+
+loader::Target LoadTargetFor(absl::string_view choice) {
+  if (choice == "cuda") return loader::Target::kDevice;
+  if (choice == "auto" && kernels::CheckBackendHardware("cuda").ok()) return loader::Target::kDevice;
+  return loader::Target::kHost;
 }
 
 }  // namespace ember::worker

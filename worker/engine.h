@@ -95,6 +95,11 @@ class Engine {
   // Outputs come in the order of `inputs`, one per input that sampled or asked for logits.
   absl::StatusOr<std::vector<StepOutput>> Step(std::span<const StepInput> inputs);
 
+  // One throwaway step of each size the backend runs different code for
+  // (Backend::WarmUpTokenCounts) that this engine's limits and free KV blocks allow, so no
+  // request pays for lazy kernel loading. Leaves no sequence behind.
+  absl::Status WarmUp();
+
  private:
   struct Sequence {
     BlockTable table;
@@ -143,6 +148,12 @@ struct Engine::Resources {
 // The backend for `choice`: "cpu", "cuda", or "auto" (CUDA when a GPU is usable, else the
 // CPU, with the reason logged).
 absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_view choice);
+
+// Where a model served by ChooseBackend(choice) keeps its weights, decided before the
+// backend exists (it comes up while the weights stream): device memory for "cuda", and for
+// "auto" exactly when the hardware check that ChooseBackend's fallback follows passes, so
+// a GPU the CUDA backend refuses (compute capability below 8.0) gets no weights.
+loader::Target LoadTargetFor(absl::string_view choice);
 
 // The `uniform` for sampling the token at `position` of a sequence seeded `seed`: a
 // counter-based hash, so a draw never depends on the batch or on earlier draws' order.

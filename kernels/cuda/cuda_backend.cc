@@ -151,6 +151,11 @@ class CudaBackend final : public Backend {
     return PagedAttentionWorkspaceBytes(max_tokens, q_heads, head_dim);
   }
 
+  // The decode GEMV's token tiles (1, 2, 4, 8) and, past kGemvMaxTokens, the cuBLAS path
+  // with its activation conversion and bias kernels. Attention's split-K kernels run at
+  // every step once the context may exceed one partition, and sampling is one kernel.
+  std::vector<int> WarmUpTokenCounts() const override { return {1, 2, 4, 8, kGemvMaxTokens + 1}; }
+
   // ---- ops ----------------------------------------------------------------------------
 
   void ToF32(const Matrix& m, float* out) override {
@@ -313,7 +318,7 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
+absl::Status CheckCudaDevice() {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) return SetupFailed("no usable CUDA device or driver", e);
@@ -327,6 +332,11 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
                                                " has compute capability ", prop.major, ".",
                                                prop.minor, "; Ember's kernels need 8.0 or newer"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend() {
+  if (absl::Status s = CheckCudaDevice(); !s.ok()) return s;
   auto backend = std::make_unique<CudaBackend>();
   if (absl::Status s = backend->Init(); !s.ok()) return s;
   return backend;

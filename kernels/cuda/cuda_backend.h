@@ -13,4 +13,8 @@ namespace ember::kernels {
 // used (no driver, no device, a device older than compute capability 8.0).
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend();
 
+// MakeCudaBackend's hardware check alone: device 0 exists and has compute capability 8.0
+// or newer.
+absl::Status CheckCudaDevice();
+
 }  // namespace ember::kernels

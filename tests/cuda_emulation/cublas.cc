@@ -81,6 +81,7 @@ cublasStatus_t Gemm(Blas* h, cublasOperation_t ta, cublasOperation_t tb, int m, 
       }
     }
   };
+  NoteLaunched("cuBLAS GEMM " + std::to_string(at) + "x" + std::to_string(bt));
   // Queued like a kernel, so it runs in order with the stream's other work.
   if (Submit(h->stream, run) != cudaSuccess) return Invalid("the handle's stream is not live");
   return CUBLAS_STATUS_SUCCESS;

@@ -20,13 +20,16 @@ namespace cuda_emulation {
 //   EMBER_CUDA_EMULATION_MEMORY_MB  device memory (default 2048)
 //   EMBER_CUDA_EMULATION_CC         compute capability, e.g. "7.5" (default "9.0")
 //   EMBER_CUDA_EMULATION_DEVICES    0 for a machine with no GPU (default 1)
+// and, read at every copy so that a test may set them for a scope:
 //   EMBER_CUDA_EMULATION_COPY_DELAY_US  mean delay of an asynchronous copy (default 300)
+//   EMBER_CUDA_EMULATION_FAIL_COPY  N > 0: the Nth cudaMemcpyAsync since the variable took
+//                                   this value fails (cudaErrorLaunchFailure): a fault a
+//                                   GPU does not make on demand (default: none)
 struct Settings {
   uint64_t seed = 0;
   size_t memory_bytes = 0;
   int major = 9, minor = 0;
   int devices = 1;
-  int copy_delay_us = 300;
 };
 const Settings& GetSettings();
 
@@ -77,6 +80,9 @@ Stream* Resolve(cudaStream_t s);
 // Enqueues `op` on `s` (cudaErrorInvalidResourceHandle when it is not live), ordered as
 // CUDA orders the legacy default stream against blocking streams.
 cudaError_t Submit(cudaStream_t s, std::function<void()> op);
+
+// Adds `name` to LaunchedKernels() (kernels, and cuBLAS routines by their type signature).
+void NoteLaunched(const std::string& name);
 
 // Runs every block of `launch` (on the calling host thread, the stream's).
 void RunKernel(const KernelLaunch& launch, uint64_t seed);

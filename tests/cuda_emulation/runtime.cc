@@ -45,7 +45,6 @@ const Settings& GetSettings() {
                                              : std::random_device{}() % 1000000;
     s.memory_bytes = static_cast<size_t>(EnvLong("EMBER_CUDA_EMULATION_MEMORY_MB", 2048)) << 20;
     s.devices = static_cast<int>(EnvLong("EMBER_CUDA_EMULATION_DEVICES", 1));
-    s.copy_delay_us = static_cast<int>(EnvLong("EMBER_CUDA_EMULATION_COPY_DELAY_US", 300));
     if (const char* cc = std::getenv("EMBER_CUDA_EMULATION_CC"); cc != nullptr && *cc != '\0') {
       if (std::sscanf(cc, "%d.%d", &s.major, &s.minor) != 2) {
         Fatal(std::string("EMBER_CUDA_EMULATION_CC=") + cc + ": expected MAJOR.MINOR");
@@ -401,8 +400,20 @@ namespace {
 // The delay of one asynchronous copy: uniform in [0, 2 * the configured mean).
 std::chrono::microseconds CopyDelay() {
   std::mt19937_64 rng(NextSeed());
-  const int mean = GetSettings().copy_delay_us;
+  const long mean = EnvLong("EMBER_CUDA_EMULATION_COPY_DELAY_US", 300);
   return std::chrono::microseconds(mean > 0 ? rng() % (2 * mean) : 0);
+}
+
+// Whether this copy is the one EMBER_CUDA_EMULATION_FAIL_COPY names.
+bool CopyShouldFail() {
+  static std::mutex mu;
+  static std::string armed;  // the value the count started at
+  static long count = 0;
+  const char* v = std::getenv("EMBER_CUDA_EMULATION_FAIL_COPY");
+  const std::string value = v != nullptr ? v : "";
+  std::lock_guard<std::mutex> lock(mu);
+  if (value != armed) armed = value, count = 0;
+  return !value.empty() && ++count == EnvLong("EMBER_CUDA_EMULATION_FAIL_COPY", 0);
 }
 
 bool IsPinned(const void* p, size_t bytes) { return Live().Contains(p, bytes, Kind::kPinned); }
@@ -616,6 +627,20 @@ cudaError_t CheckCopy(const char* api, void* dst, const void* src, size_t bytes,
   return cudaSuccess;
 }
 
+// A 64-bit hash of the bytes (FNV-1a over 8-byte words, then the tail).
+uint64_t HashBytes(const void* p, size_t bytes) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  uint64_t h = 0xcbf29ce484222325ull;
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, b + i, 8);
+    h = (h ^ word) * 0x100000001b3ull;
+  }
+  for (; i < bytes; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+
 }  // namespace
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
@@ -624,13 +649,27 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   if (cudaError_t e = CheckCopy("cudaMemcpyAsync", dst, src, bytes, &kind); e != cudaSuccess) {
     return e;
   }
+  if (cuda_emulation::CopyShouldFail()) {
+    return Fail(cudaErrorLaunchFailure, "EMBER_CUDA_EMULATION_FAIL_COPY: this copy fails");
+  }
   // Pageable host memory makes the copy synchronous, as on a GPU: the call returns once the
   // source was read (host to device) or the destination written (device to host).
-  const bool pageable = (kind == cudaMemcpyHostToDevice && !cuda_emulation::IsPinned(src, bytes)) ||
+  const bool pinned_source = kind == cudaMemcpyHostToDevice && cuda_emulation::IsPinned(src, bytes);
+  const bool pageable = (kind == cudaMemcpyHostToDevice && !pinned_source) ||
                         (kind == cudaMemcpyDeviceToHost && !cuda_emulation::IsPinned(dst, bytes));
   const auto delay = cuda_emulation::CopyDelay();
+  // A pinned source is read when the copy runs, not now: if the host writes to it in
+  // between (a staging buffer reused before its copy finished), a GPU copies either bytes.
+  // The hash taken now and again when the copy runs tells.
+  const uint64_t queued_hash = pinned_source ? HashBytes(src, bytes) : 0;
   cudaError_t e = cuda_emulation::Submit(stream, [=] {
     std::this_thread::sleep_for(delay);
+    if (pinned_source && HashBytes(src, bytes) != queued_hash) {
+      cuda_emulation::Fatal("cudaMemcpyAsync of " + std::to_string(bytes) +
+                            " bytes from pinned host memory: the host wrote to the source after "
+                            "the copy was queued and before it ran (a buffer reused before its "
+                            "copy finished)");
+    }
     std::memcpy(dst, src, bytes);
   });
   if (e == cudaSuccess && pageable) e = cudaStreamSynchronize(stream);
@@ -675,6 +714,11 @@ std::map<const void*, int>& MaxDynamicShared() {
   return *m;
 }
 
+std::set<std::string>& Launched() {
+  static std::set<std::string>* names = new std::set<std::string>();
+  return *names;
+}
+
 std::string Dims(dim3 d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
 }
@@ -714,8 +758,19 @@ cudaError_t Enqueue(KernelLaunch launch, cudaStream_t stream) {
                            "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first)"
                          : ""));
   }
+  NoteLaunched(launch.name);
   const uint64_t seed = NextSeed();
   return Submit(stream, [launch = std::move(launch), seed] { RunKernel(launch, seed); });
+}
+
+void NoteLaunched(const std::string& name) {
+  std::lock_guard<std::mutex> lock(attributes_mu);
+  Launched().insert(name);
+}
+
+std::set<std::string> LaunchedKernels() {
+  std::lock_guard<std::mutex> lock(attributes_mu);
+  return Launched();
 }
 
 }  // namespace cuda_emulation

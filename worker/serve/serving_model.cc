@@ -65,9 +65,9 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   engine_options.kv_blocks = options.kv_blocks;
 
   loader::LoadOptions load;
-  // Into device memory unless the CPU backend was asked for; without a usable GPU the
-  // loader falls back to host memory, as the backend falls back to the CPU.
-  load.target = options.backend == "cpu" ? loader::Target::kHost : loader::Target::kDevice;
+  // Decided now by the backend's own hardware check, so a GPU the CUDA backend refuses
+  // gets no weights (the backend falls back to the CPU, the weights go to host memory).
+  load.target = LoadTargetFor(options.backend);
   load.require_tokenizer = false;  // a model without one serves token ids
   load.on_progress = options.on_progress;
   // config.json, the tokenizer and the chat template are parsed while the weights stream.
@@ -139,20 +139,10 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   EMBER_ASSIGN_OR_RETURN(model->engine_,
                          Engine::Create(*model->config_, std::move(*weights), model->backend_.get(),
                                         engine_options, std::move(*resources)));
-  // Warm-up: one forward of one token, so the first request does not pay for first-touch
-  // costs (kernel loading, page faults, lazy allocations).
+  // Warm-up: a step of each size the backend runs different kernels for, so no request
+  // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations).
   const Clock::time_point warm_start = Clock::now();
-  {
-    constexpr uint64_t kWarmupSequence = ~uint64_t{0};
-    const int32_t token = 0;
-    StepInput in;
-    in.sequence = kWarmupSequence;
-    in.tokens = std::span<const int32_t>(&token, 1);
-    EMBER_RETURN_IF_ERROR(model->engine_->AddSequence(kWarmupSequence));
-    auto warm = model->engine_->Step(std::span<const StepInput>(&in, 1));
-    model->engine_->RemoveSequence(kWarmupSequence);
-    if (!warm.ok()) return warm.status();
-  }
+  EMBER_RETURN_IF_ERROR(model->engine_->WarmUp());
   phases.push_back({"warmup", since(warm_start), since(Clock::now())});
 
   std::vector<int32_t> eos = model->config_->eos_token_ids;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <set>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -21,6 +22,10 @@ struct KernelLaunch {
 // Checks the configuration against the limits of sm_80 and sm_90 (an error names the kernel
 // and the limit) and enqueues the kernel on `stream`. The error is also the last error.
 cudaError_t Enqueue(KernelLaunch launch, cudaStream_t stream);
+
+// The kernels this process has launched so far, by name with their template arguments: on a
+// GPU, each one's module was loaded at its first launch (what a warm-up must cover).
+std::set<std::string> LaunchedKernels();
 
 template <auto Kernel>
 const char* PrettyKernel() {

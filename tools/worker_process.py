@@ -28,7 +28,13 @@ DEFAULT_BINARY = REPO / "build" / "worker" / "ember-worker"
 
 @functools.cache
 def stubs():
-    """(inference_pb2, inference_pb2_grpc) generated from the repository's proto."""
+    """(inference_pb2, inference_pb2_grpc) generated from the repository's proto, or taken
+    from $EMBER_PROTO_STUBS where they were generated ahead (a machine without grpcio-tools:
+    tools/gpu-check carries them)."""
+    if ready := os.environ.get("EMBER_PROTO_STUBS"):
+        sys.path.insert(0, ready)
+        from ember.v1 import inference_pb2, inference_pb2_grpc
+        return inference_pb2, inference_pb2_grpc
     from grpc_tools import protoc
     out = Path(tempfile.mkdtemp(prefix="ember-stubs-"))
     proto_dir = REPO / "proto"

@@ -190,21 +190,24 @@ template <typename T>
 T atomicAdd(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
 }
-template <typename T>
-T atomicMax(T* address, std::type_identity_t<T> value) {
+namespace cuda_emulation {
+// Stores `value` while it beats the current one (per `beats`); returns the value before.
+template <typename T, typename Beats>
+T AtomicStoreIf(T* address, T value, Beats beats) {
   std::atomic_ref<T> a(*address);
   T old = a.load(std::memory_order_relaxed);
-  while (old < value && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
+  while (beats(value, old) && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
   }
   return old;
 }
+}  // namespace cuda_emulation
+template <typename T>
+T atomicMax(T* address, std::type_identity_t<T> value) {
+  return cuda_emulation::AtomicStoreIf(address, value, [](T v, T old) { return old < v; });
+}
 template <typename T>
 T atomicMin(T* address, std::type_identity_t<T> value) {
-  std::atomic_ref<T> a(*address);
-  T old = a.load(std::memory_order_relaxed);
-  while (value < old && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
-  }
-  return old;
+  return cuda_emulation::AtomicStoreIf(address, value, [](T v, T old) { return v < old; });
 }
 template <typename T>
 T atomicExch(T* address, std::type_identity_t<T> value) {

@@ -24,7 +24,8 @@ UID = 10001
 
 # tools/bootstrap packages the image does not need: test frameworks and the fuzzing compiler
 # (the image is configured with -DEMBER_BUILD_TESTS=OFF).
-TEST_ONLY_PACKAGES = {"clang", "libclang-rt-14-dev", "libgtest-dev", "libgmock-dev"}
+TEST_ONLY_PACKAGES = {"clang", "libclang-rt-14-dev", "libgtest-dev", "libgmock-dev",
+                      "libboost-context-dev"}  # the CUDA emulation's fibers
 
 # Shared libraries (DT_NEEDED sonames, version numbers dropped) -> the Ubuntu 24.04 package of
 # the runtime stage that provides them. BASE_IMAGE: in nvidia/cuda:*-runtime-ubuntu24.04

@@ -15,7 +15,8 @@ constexpr char kConfig[] = "config.json";
 constexpr char kTokenizer[] = "tokenizer.json";
 constexpr char kSingleWeights[] = "model.safetensors";
 constexpr char kIndex[] = "model.safetensors.index.json";
-const char* const kOptionalFiles[] = {"tokenizer_config.json", "generation_config.json"};
+const char* const kOptionalFiles[] = {"tokenizer_config.json", "generation_config.json",
+                                     "chat_template.jinja"};
 
 // Weight formats other than safetensors, never fetched: a repository often carries
 // the same weights as PyTorch pickles or GGUF beside the safetensors.

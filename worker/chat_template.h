@@ -1,71 +1,44 @@
-// Chat messages rendered into a prompt the way the model's chat template would render
-// them. Not a Jinja engine: tokenizer_config.json's "chat_template" is recognized as one
-// of the common families (ChatML as in Qwen2/Qwen2.5/SmolLM2, Llama 3/3.1/3.2, Mistral
-// [INST]) and its parameters (default system prompt, [INST] spacing, dates) are read from
-// it; anything else is refused with a message telling the client to send a prompt.
+// Chat requests rendered into a prompt by the model's own Jinja chat template, as
+// transformers' apply_chat_template renders them: the template (tokenizer_config.json's
+// chat_template, or chat_template.jinja) is parsed once at load by Ember's Jinja engine
+// (worker/jinja/) and rendered with the variables transformers passes: messages, tools,
+// documents, add_generation_prompt, the tokenizer's special tokens (bos_token, eos_token,
+// ...), template keyword arguments (e.g. enable_thinking), raise_exception and strftime_now.
 #pragma once
 
-#include <optional>
 #include <string>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/types/span.h"
+#include "nlohmann/json.hpp"
+#include "worker/jinja/template.h"
 
 namespace ember::worker {
 
-struct ChatMessage {
-  std::string role;  // "system", "user" or "assistant"
-  std::string content;
-};
-
 class ChatTemplate {
  public:
-  enum class Family { kChatMl, kLlama3, kMistral };
+  // Parses `source`. `special_tokens` is an object of the tokenizer's special tokens by
+  // variable name ({"bos_token": "<s>", "eos_token": "</s>", ...}). An empty template is
+  // FailedPrecondition; one the engine cannot parse is InvalidArgument naming the construct
+  // and its line and column.
+  static absl::StatusOr<ChatTemplate> Load(absl::string_view source,
+                                           nlohmann::ordered_json special_tokens);
 
-  // Recognizes `source` (the Jinja text). `bos_token` and `eos_token` are the strings the
-  // template would write for them. An empty or unrecognized template is a
-  // FailedPrecondition error.
-  static absl::StatusOr<ChatTemplate> Recognize(absl::string_view source, std::string bos_token,
-                                                std::string eos_token);
-
-  // The prompt text, with the generation prompt (the assistant header) when asked and the
-  // family has one. It begins with the BOS text where the template writes it, so encode it
-  // with add_special_tokens=false (as transformers' apply_chat_template does). A role
-  // other than system/user/assistant, or an order the template refuses, is an
-  // InvalidArgument error naming the message.
-  absl::StatusOr<std::string> Render(absl::Span<const ChatMessage> messages,
-                                     bool add_generation_prompt) const;
-
-  Family family() const { return family_; }
+  // Renders `request`, an object: "messages" (a list of objects: role, content and whatever
+  // else the template reads: tool_calls, tool_call_id, name, reasoning_content, ...),
+  // optional "tools" and "documents" (lists), optional "add_generation_prompt" (transformers'
+  // default: false), and any other key as a template keyword argument. The text begins with
+  // the BOS text where the template writes it, so encode it without special tokens (as
+  // apply_chat_template does). The template's raise_exception is InvalidArgument with its
+  // message; a render past the output or step limit is ResourceExhausted.
+  absl::StatusOr<std::string> Render(const nlohmann::ordered_json& request) const;
 
  private:
-  ChatTemplate() = default;
-  std::string RenderChatMl(absl::Span<const ChatMessage> messages,
-                           bool add_generation_prompt) const;
-  std::string RenderLlama3(absl::Span<const ChatMessage> messages,
-                           bool add_generation_prompt) const;
-  absl::StatusOr<std::string> RenderMistral(absl::Span<const ChatMessage> messages) const;
+  ChatTemplate(jinja::Template parsed, nlohmann::ordered_json special_tokens)
+      : template_(std::move(parsed)), special_tokens_(std::move(special_tokens)) {}
 
-  Family family_ = Family::kChatMl;
-  std::string bos_token_, eos_token_;
-  // ChatML: the system message written when the conversation has none (Qwen2, SmolLM2).
-  std::optional<std::string> default_system_;
-  // Llama 3.1+: the system header's dates ("Cutting Knowledge Date", "Today Date");
-  // today_from_clock: the template takes today's date (strftime_now) when it can.
-  bool llama_dated_system_ = false;
-  std::string knowledge_date_, today_date_;
-  bool today_from_clock_ = false;
-  // Mistral: the [INST] strings, where the system message goes, and the assistant turn.
-  std::string inst_open_, inst_close_;
-  enum class SystemPlacement {
-    kNone,
-    kFirstUser,
-    kLastUser
-  } system_placement_ = SystemPlacement::kNone;
-  std::string assistant_prefix_, assistant_suffix_;
-  bool trim_assistant_ = false;
+  jinja::Template template_;
+  nlohmann::ordered_json special_tokens_;
 };
 
 }  // namespace ember::worker

@@ -2,6 +2,7 @@
 // text to ids, decodes ids to text (whole and streamed), or renders chat messages with the
 // model's chat template, from a Hugging Face tokenizer.json (+ tokenizer_config.json).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -22,9 +23,10 @@ ABSL_FLAG(std::string, tokenizer, "", "Path to tokenizer.json (required)");
 ABSL_FLAG(std::string, config, "", "Path to tokenizer_config.json (optional)");
 ABSL_FLAG(bool, decode, false, "Decode: read a JSON list of ids, print the text");
 ABSL_FLAG(bool, chat, false,
-          "Render chat messages with the chat template of --config: read {\"messages\": "
-          "[{\"role\": ..., \"content\": ...}], \"add_generation_prompt\": true}, print the "
-          "prompt text and its ids");
+          "Render a conversation with the model's chat template (--config's chat_template, or "
+          "chat_template.jinja beside --tokenizer): read {\"messages\": [{\"role\": ..., "
+          "\"content\": ...}], \"tools\": [...], \"add_generation_prompt\": true, other "
+          "template variables...} and print the prompt text and its ids");
 ABSL_FLAG(bool, jsonl, false,
           "Read JSON lines: {\"text\": ...} to encode, or {\"ids\": [...]} with --decode; "
           "print one JSON object per line");
@@ -52,7 +54,6 @@ bool ReadFile(const std::string& path, std::string& out) {
   return true;
 }
 
-using ember::worker::ChatMessage;
 using ember::worker::ChatTemplate;
 using ember::worker::Tokenizer;
 using nlohmann::json;
@@ -61,31 +62,22 @@ enum class Mode { kEncode, kDecode, kChat };
 
 json Error(absl::string_view message) { return {{"error", std::string(message)}}; }
 
-// `chat` is the model's template as recognized once, or why it was not.
+// `chat` is the model's template as parsed once, or why it cannot be. `text` is one request:
+// {"messages": [...], "tools": [...], "add_generation_prompt": ..., kwargs...}, read with its
+// key order kept (tojson writes keys in the client's order, as transformers does).
 json RenderChat(const Tokenizer& tokenizer, const absl::StatusOr<ChatTemplate>& chat,
-                const json& request) {
+                const std::string& text) {
   if (!chat.ok()) return Error(chat.status().message());
-  if (!request.contains("messages") || !request["messages"].is_array()) {
-    return Error("needs \"messages\"");
+  nlohmann::ordered_json request = nlohmann::ordered_json::parse(text, nullptr, false);
+  if (request.is_discarded() || !request.is_object()) {
+    return Error("a chat request must be a JSON object");
   }
-  std::vector<ChatMessage> messages;
-  for (const json& m : request["messages"]) {
-    if (!m.is_object() || !m.value("role", json()).is_string() ||
-        !m.value("content", json()).is_string()) {
-      return Error("a message needs string \"role\" and \"content\"");
-    }
-    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-  }
-  bool add_generation_prompt = true;
-  if (auto it = request.find("add_generation_prompt"); it != request.end()) {
-    if (!it->is_boolean()) return Error("\"add_generation_prompt\" must be true or false");
-    add_generation_prompt = it->get<bool>();
-  }
-  auto text = chat->Render(messages, add_generation_prompt);
-  if (!text.ok()) return Error(text.status().message());
-  auto ids = tokenizer.Encode(*text, /*add_special_tokens=*/false);
+  if (!request.contains("add_generation_prompt")) request["add_generation_prompt"] = true;
+  auto rendered = chat->Render(request);
+  if (!rendered.ok()) return Error(rendered.status().message());
+  auto ids = tokenizer.Encode(*rendered, /*add_special_tokens=*/false);
   if (!ids.ok()) return Error(ids.status().message());
-  return {{"text", *text}, {"ids", *ids}};
+  return {{"text", *rendered}, {"ids", *ids}};
 }
 
 // {"ids": [...]}: the text, and the deltas of the streaming decoder.
@@ -107,10 +99,8 @@ json Decode(const Tokenizer& tokenizer, const json& request) {
   return {{"text", tokenizer.Decode(ids, skip)}, {"stream", deltas}};
 }
 
-// One request: {"text": ...}, {"ids": [...]} or {"messages": [...]}; the answer as JSON.
-json Answer(const Tokenizer& tokenizer, const absl::StatusOr<ChatTemplate>& chat,
-            const json& request, Mode mode) {
-  if (mode == Mode::kChat) return RenderChat(tokenizer, chat, request);
+// One request: {"text": ...} or {"ids": [...]}; the answer as JSON.
+json Answer(const Tokenizer& tokenizer, const json& request, Mode mode) {
   if (mode == Mode::kDecode) return Decode(tokenizer, request);
   if (!request.contains("text") || !request["text"].is_string()) return Error("needs \"text\"");
   auto ids =
@@ -139,7 +129,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ember-tokenize: cannot read --config '%s'\n", config_path.c_str());
     return 2;
   }
-  auto tokenizer = Tokenizer::Load(tokenizer_json, config_json);
+  // chat_template.jinja beside tokenizer.json wins over the config's, as in transformers.
+  std::string template_file;
+  ReadFile((std::filesystem::path(path).parent_path() / "chat_template.jinja").string(),
+           template_file);
+  auto tokenizer = Tokenizer::Load(tokenizer_json, config_json, template_file);
   if (!tokenizer.ok()) {
     std::fprintf(stderr, "ember-tokenize: %s\n", std::string(tokenizer.status().message()).c_str());
     return 1;
@@ -153,8 +147,7 @@ int main(int argc, char** argv) {
                                                 : Mode::kEncode;
   absl::StatusOr<ChatTemplate> chat = absl::FailedPreconditionError("not in --chat mode");
   if (mode == Mode::kChat) {
-    chat = ChatTemplate::Recognize(tokenizer->chat_template(), tokenizer->bos_token(),
-                                   tokenizer->eos_token());
+    chat = ChatTemplate::Load(tokenizer->chat_template(), tokenizer->template_tokens());
   }
   const auto dump = [](const json& j) {
     return j.dump(-1, ' ', false, json::error_handler_t::strict);
@@ -163,9 +156,13 @@ int main(int argc, char** argv) {
     int status = 0;
     for (std::string line; std::getline(std::cin, line);) {
       if (line.empty()) continue;
-      auto request = ember::loader::ParseJsonStrict(line, "input line");
-      json answer = request.ok() ? Answer(*tokenizer, chat, *request, mode)
-                                 : Error(request.status().message());
+      json answer;
+      if (mode == Mode::kChat) {
+        answer = RenderChat(*tokenizer, chat, line);
+      } else {
+        auto request = ember::loader::ParseJsonStrict(line, "input line");
+        answer = request.ok() ? Answer(*tokenizer, *request, mode) : Error(request.status().message());
+      }
       if (answer.contains("error")) status = 1;
       std::cout << dump(answer) << "\n";
     }
@@ -175,13 +172,14 @@ int main(int argc, char** argv) {
   input << std::cin.rdbuf();
   json answer;
   if (mode == Mode::kEncode) {
-    answer = Answer(*tokenizer, chat, {{"text", input.str()}}, mode);
+    answer = Answer(*tokenizer, {{"text", input.str()}}, mode);
+  } else if (mode == Mode::kChat) {
+    answer = RenderChat(*tokenizer, chat, input.str());
   } else if (auto parsed = ember::loader::ParseJsonStrict(input.str(), "standard input");
              !parsed.ok()) {
     answer = Error(parsed.status().message());
   } else {  // --decode reads the list of ids alone
-    answer =
-        Answer(*tokenizer, chat, mode == Mode::kDecode ? json{{"ids", *parsed}} : *parsed, mode);
+    answer = Answer(*tokenizer, {{"ids", *parsed}}, mode);
   }
   if (answer.contains("error")) {
     std::fprintf(stderr, "ember-tokenize: %s\n", answer["error"].get<std::string>().c_str());

@@ -52,6 +52,7 @@ struct Tokenizer::Parts {
   int32_t vocab_size = 0;
   std::optional<int32_t> bos_id, eos_id;
   std::string bos_token, eos_token, chat_template;
+  nlohmann::ordered_json template_tokens = nlohmann::ordered_json::object();
 };
 
 namespace {
@@ -168,6 +169,13 @@ absl::Status ParseConfig(absl::string_view text, Tokenizer::Parts& parts) {
     return absl::InvalidArgumentError("tokenizer_config.json: must be an object");
   parts.bos_token = ConfigToken(config, "bos_token");
   parts.eos_token = ConfigToken(config, "eos_token");
+  // transformers passes the special tokens to chat templates by name (special_tokens_map).
+  for (const char* name : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                           "cls_token", "mask_token"}) {
+    if (std::string token = ConfigToken(config, name); !token.empty()) {
+      parts.template_tokens[name] = token;
+    }
+  }
   auto it = config.find("chat_template");
   if (it != config.end() && it->is_string()) {
     parts.chat_template = it->get<std::string>();
@@ -185,7 +193,8 @@ absl::Status ParseConfig(absl::string_view text, Tokenizer::Parts& parts) {
 }  // namespace
 
 absl::StatusOr<Tokenizer> Tokenizer::Load(absl::string_view tokenizer_json,
-                                          absl::string_view tokenizer_config_json) {
+                                          absl::string_view tokenizer_config_json,
+                                          absl::string_view chat_template_jinja) {
   json root;
   EMBER_ASSIGN_OR_RETURN(root, loader::ParseJsonStrict(tokenizer_json, "tokenizer.json"));
   if (!root.is_object()) return tj::Error("(root)", "must be an object");
@@ -207,6 +216,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Load(absl::string_view tokenizer_json,
   }
   EMBER_RETURN_IF_ERROR(ParseAddedTokens(root, *parts));
   EMBER_RETURN_IF_ERROR(ParseConfig(tokenizer_config_json, *parts));
+  if (!chat_template_jinja.empty()) parts->chat_template = std::string(chat_template_jinja);
 
   Tokenizer tokenizer(parts);
   if (!parts->bos_token.empty()) {
@@ -299,6 +309,7 @@ std::optional<int32_t> Tokenizer::eos_id() const { return parts_->eos_id; }
 const std::string& Tokenizer::bos_token() const { return parts_->bos_token; }
 const std::string& Tokenizer::eos_token() const { return parts_->eos_token; }
 const std::string& Tokenizer::chat_template() const { return parts_->chat_template; }
+const nlohmann::ordered_json& Tokenizer::template_tokens() const { return parts_->template_tokens; }
 
 TokenStreamDecoder::TokenStreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
     : tokenizer_(tokenizer),
@@ -324,7 +335,9 @@ absl::StatusOr<std::optional<Tokenizer>> Tokenizer::FromFiles(
   auto tok = files.find("tokenizer.json");
   if (tok == files.end()) return std::optional<Tokenizer>();
   auto config = files.find("tokenizer_config.json");
-  auto tokenizer = Load(tok->second, config == files.end() ? "" : config->second);
+  auto jinja = files.find("chat_template.jinja");
+  auto tokenizer = Load(tok->second, config == files.end() ? "" : config->second,
+                        jinja == files.end() ? "" : jinja->second);
   if (!tokenizer.ok()) return tokenizer.status();
   return std::optional<Tokenizer>(std::move(*tokenizer));
 }

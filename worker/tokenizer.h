@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "nlohmann/json.hpp"
 #include "worker/token_decoder.h"
 
 namespace ember::worker {
@@ -27,10 +28,12 @@ namespace ember::worker {
 class Tokenizer {
  public:
   // Parses tokenizer.json's text and, when not empty, tokenizer_config.json's (for the
-  // bos/eos tokens and the chat template). Errors name the file and the JSON path; an
-  // unsupported component is an Unimplemented error naming its type.
+  // special tokens and the chat template) and chat_template.jinja's (a chat template that
+  // wins over tokenizer_config.json's, as in transformers). Errors name the file and the
+  // JSON path; an unsupported component is an Unimplemented error naming its type.
   static absl::StatusOr<Tokenizer> Load(absl::string_view tokenizer_json,
-                                        absl::string_view tokenizer_config_json);
+                                        absl::string_view tokenizer_config_json,
+                                        absl::string_view chat_template_jinja = {});
 
   // The ids of `text`; with `add_special_tokens` the post-processor's (e.g. Llama's BOS)
   // are added. Text that is not well-formed UTF-8 is an InvalidArgument error naming the
@@ -59,8 +62,12 @@ class Tokenizer {
   // The token strings (chat templates write them); empty when unknown.
   const std::string& bos_token() const;
   const std::string& eos_token() const;
-  // tokenizer_config.json's chat_template (the "default" one of a list); empty if none.
+  // chat_template.jinja, else tokenizer_config.json's chat_template (the "default" one of
+  // a list); empty if none.
   const std::string& chat_template() const;
+  // The special tokens a chat template sees by name (bos_token, eos_token, unk_token, ...),
+  // as tokenizer_config.json names them.
+  const nlohmann::ordered_json& template_tokens() const;
 
   // tokenizer.json (with tokenizer_config.json when present) among a model's files, as
   // the loader returns them; nullopt when the model has no tokenizer.json.

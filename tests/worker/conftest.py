@@ -3,6 +3,7 @@ holding them, and ember-worker processes serving them from s3:// over real TCP."
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
+from chat_template_corpus import corpus  # noqa: E402
 from make_hf_model import add_chat_tokenizer, make_model  # noqa: E402
 from objstore import LocalS3, place  # noqa: E402
 from worker_process import WorkerProcess, stubs  # noqa: E402
@@ -25,14 +27,29 @@ def pb():
 
 @pytest.fixture(scope="session")
 def s3_root(tmp_path_factory) -> Path:
-    """The S3 server's root: bucket `models` with `tiny` (fast, with a chat tokenizer) and
-    `slow` (SmolLM2-135M's shape, random weights: long generations take seconds on a CPU)."""
+    """The S3 server's root: bucket `models` with `tiny` (fast, with a chat tokenizer),
+    `qwen3chat` (tiny's weights and tokenizer with Qwen3's real chat template as
+    chat_template.jinja: thinking and tool calls), `mistralchat` (the same with Mistral 7B
+    v0.1's template, which refuses roles that do not alternate) and `slow` (SmolLM2-135M's shape, random
+    weights: long generations take seconds on a CPU)."""
     root = tmp_path_factory.mktemp("s3root")
     models = tmp_path_factory.mktemp("models")
     make_model("llama-gqa", models / "tiny", dtype="float32")
     add_chat_tokenizer(models / "tiny", 1000)
     make_model("smollm2-135m", models / "slow", dtype="bfloat16")
     place(models / "tiny", root / BUCKET / "tiny")
+    templates = {"qwen3chat": corpus()["Qwen-Qwen3-0.6B"], "mistralchat": (
+        REPO / "tests" / "engine" / "chat_templates" / "mistral-7b-instruct-v0.1.jinja").read_text()}
+    for name, template in templates.items():
+        # tiny's files with the template in chat_template.jinja alone (as transformers saves
+        # it); tokenizer_config.json is rewritten, not changed through tiny's hard link.
+        place(models / "tiny", root / BUCKET / name)
+        config_path = root / BUCKET / name / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        del config["chat_template"]
+        config_path.unlink()
+        config_path.write_text(json.dumps(config))
+        (root / BUCKET / name / "chat_template.jinja").write_text(template)
     place(models / "slow", root / BUCKET / "slow")
     return root
 

@@ -119,7 +119,7 @@ ModelLimits Limits(const Tokenizer* tokenizer) {
   limits.vocab_size = 10;
   limits.max_context = 64;
   limits.tokenizer = tokenizer;
-  limits.chat_template_error = ChatTemplate::Recognize("", "", "").status();
+  limits.chat_template_error = ChatTemplate::Load("", nlohmann::ordered_json::object()).status();
   return limits;
 }
 

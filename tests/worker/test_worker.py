@@ -90,6 +90,90 @@ def test_tokenize_matches_tokenizers_and_chat_template(stub, pb, tiny_dir):
     assert responses[-1].usage.prompt_tokens == len(expected)
 
 
+QWEN3_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "days": {"type": "integer"}},
+                   "required": ["city"]}}}]
+
+
+def test_qwen3_template_with_tools_and_thinking_end_to_end(start_worker, pb, s3_root):
+    """Qwen3's real template (chat_template.jinja) served: tools, a tool call and its result,
+    enable_thinking false; the prompt equals transformers' apply_chat_template, a generation
+    runs on it, and JSON text that does not parse is named by its field."""
+    import json as jsonlib
+
+    from transformers import AutoTokenizer
+    model_dir = s3_root / "models" / "qwen3chat"
+    worker = start_worker("qwen3chat", "--max_step_tokens=64", "--kv_blocks=512")
+    stub = worker.stub()
+    call = {"city": "Zürich", "days": 2}
+    messages = [
+        {"role": "system", "content": "You can call tools."},
+        {"role": "user", "content": "Weather in Zürich?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": call}}]},
+        {"role": "tool", "content": jsonlib.dumps({"temp_c": 3})},
+        {"role": "user", "content": "Thanks! And tomorrow?"},
+    ]
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    expected = hf.apply_chat_template(messages, tools=QWEN3_TOOLS, add_generation_prompt=True,
+                                      enable_thinking=False, tokenize=True)
+    if hasattr(expected, "keys"):
+        expected = expected["input_ids"]
+    expected_text = hf.apply_chat_template(messages, tools=QWEN3_TOOLS, add_generation_prompt=True,
+                                           enable_thinking=False, tokenize=False)
+    assert "<tool_call>" in expected_text and "<think>\n\n</think>" in expected_text
+
+    def turn(m):
+        out = pb.ChatMessage(role=m["role"], content=m["content"])
+        for c in m.get("tool_calls", []):
+            out.tool_calls.add(name=c["function"]["name"],
+                               arguments_json=jsonlib.dumps(c["function"]["arguments"]))
+        return out
+
+    chat = pb.ChatMessages(messages=[turn(m) for m in messages],
+                           tools_json=[jsonlib.dumps(t) for t in QWEN3_TOOLS],
+                           template_kwargs_json=jsonlib.dumps({"enable_thinking": False}))
+    got = stub.Tokenize(pb.TokenizeRequest(chat=chat), timeout=TIMEOUT)
+    assert list(got.token_ids) == list(expected)
+    # A generation from the same template (a short conversation: the tool preamble alone
+    # outgrows the tiny model's 512-token context).
+    short = [{"role": "user", "content": "Hi!"}]
+    expected_short = hf.apply_chat_template(short, add_generation_prompt=True,
+                                            enable_thinking=False, tokenize=True)
+    if hasattr(expected_short, "keys"):
+        expected_short = expected_short["input_ids"]
+    ids, _, responses = generate(stub, pb.GenerateRequest(
+        chat=pb.ChatMessages(messages=[turn(m) for m in short],
+                             template_kwargs_json=jsonlib.dumps({"enable_thinking": False})),
+        stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True)))
+    assert len(ids) == 4 and responses[-1].usage.prompt_tokens == len(expected_short)
+
+    # Bad JSON text is named by its field.
+    bad = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")], tools_json=["{"])
+    with pytest.raises(grpc.RpcError) as invalid:
+        stub.Tokenize(pb.TokenizeRequest(chat=bad), timeout=TIMEOUT)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chat.tools_json[0]" in invalid.value.details()
+    worker.stop()
+
+
+def test_a_templates_refusal_reaches_the_client_with_its_message(start_worker, pb):
+    worker = start_worker("mistralchat", "--kv_blocks=256")
+    stub = worker.stub()
+    same_role_twice = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="a"),
+                                                pb.ChatMessage(role="user", content="b")])
+    for call in (lambda: stub.Tokenize(pb.TokenizeRequest(chat=same_role_twice), timeout=TIMEOUT),
+                 lambda: generate(stub, pb.GenerateRequest(chat=same_role_twice))):
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Conversation roles must alternate user/assistant/user/assistant/..." in \
+            refused.value.details()
+    worker.stop()
+
+
 def test_stop_string_ends_the_stream_before_it(stub, pb, tiny_dir):
     tok = hf_tokenizer(tiny_dir)
     base = pb.GenerateRequest(prompt="Grüße aus", stopping=pb.StoppingCriteria(max_tokens=40, ignore_eos=True))
@@ -224,8 +308,8 @@ def test_32_concurrent_requests_equal_each_alone(tiny, stub, pb):
     (lambda pb: pb.GenerateRequest(prompt="hi", stopping=pb.StoppingCriteria(stop_token_ids=[5000])),
      "stopping.stop_token_ids[0]"),
     (lambda pb: pb.GenerateRequest(prompt="hi", top_logprobs=21), "top_logprobs"),
-    (lambda pb: pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="robot", content="x")])),
-     "chat"),
+    (lambda pb: pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="", content="x")])),
+     "chat.messages[0].role"),
 ])
 def test_malformed_request_is_invalid_argument_naming_the_field(stub, pb, build, field):
     with pytest.raises(grpc.RpcError) as err:

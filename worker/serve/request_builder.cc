@@ -40,6 +40,83 @@ absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view field, const std::
   return ids;
 }
 
+// JSON text from a request field; `object_only`: it must be a JSON object.
+absl::StatusOr<nlohmann::ordered_json> ParseField(absl::string_view field, const std::string& text,
+                                                  bool object_only) {
+  nlohmann::ordered_json value = nlohmann::ordered_json::parse(text, nullptr, false);
+  if (value.is_discarded()) return Invalid(field, "not valid JSON");
+  if (object_only && !value.is_object()) return Invalid(field, "must be a JSON object");
+  return value;
+}
+
+// The conversation as transformers' apply_chat_template takes it: message dicts with the
+// fields that are set, tool calls as {"id", "type", "function": {"name", "arguments"}}, tools
+// and documents as lists of objects, template keyword arguments at the top level.
+absl::StatusOr<nlohmann::ordered_json> ChatRequestJson(const v1::ChatMessages& chat) {
+  using json = nlohmann::ordered_json;
+  json messages = json::array();
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const v1::ChatMessage& m = chat.messages(i);
+    const std::string field = absl::StrCat("chat.messages[", i, "]");
+    if (m.role().empty()) return Invalid(absl::StrCat(field, ".role"), "empty");
+    json message = {{"role", m.role()}, {"content", m.content()}};
+    if (m.tool_calls_size() > 0) {
+      json calls = json::array();
+      for (int j = 0; j < m.tool_calls_size(); ++j) {
+        const v1::ToolCall& call = m.tool_calls(j);
+        const std::string call_field = absl::StrCat(field, ".tool_calls[", j, "]");
+        if (call.name().empty()) return Invalid(absl::StrCat(call_field, ".name"), "empty");
+        json arguments = json::object();
+        if (!call.arguments_json().empty()) {
+          EMBER_ASSIGN_OR_RETURN(arguments,
+                                 ParseField(absl::StrCat(call_field, ".arguments_json"),
+                                            call.arguments_json(), /*object_only=*/true));
+        }
+        json entry = json::object();
+        if (!call.id().empty()) entry["id"] = call.id();
+        entry["type"] = "function";
+        entry["function"] = {{"name", call.name()}, {"arguments", std::move(arguments)}};
+        calls.push_back(std::move(entry));
+      }
+      message["tool_calls"] = std::move(calls);
+    }
+    if (!m.tool_call_id().empty()) message["tool_call_id"] = m.tool_call_id();
+    if (!m.name().empty()) message["name"] = m.name();
+    if (m.has_reasoning_content()) message["reasoning_content"] = m.reasoning_content();
+    messages.push_back(std::move(message));
+  }
+  json request = json::object();
+  if (!chat.template_kwargs_json().empty()) {
+    EMBER_ASSIGN_OR_RETURN(request, ParseField("chat.template_kwargs_json",
+                                               chat.template_kwargs_json(), /*object_only=*/true));
+    for (const char* reserved : {"messages", "tools", "documents", "add_generation_prompt"}) {
+      if (request.contains(reserved)) {
+        return Invalid("chat.template_kwargs_json",
+                       absl::StrCat("'", reserved, "' has a field of its own in ChatMessages"));
+      }
+    }
+  }
+  request["messages"] = std::move(messages);
+  // [[field, JSON texts] -> list of objects]; absent stays None for the template.
+  const auto list = [&](const char* name, const auto& texts) -> absl::Status {
+    if (texts.empty()) return absl::OkStatus();
+    json items = json::array();
+    for (int i = 0; i < texts.size(); ++i) {
+      auto item = ParseField(absl::StrCat("chat.", name, "_json[", i, "]"), texts[i],
+                             /*object_only=*/true);
+      if (!item.ok()) return item.status();
+      items.push_back(*std::move(item));
+    }
+    request[name] = std::move(items);
+    return absl::OkStatus();
+  };
+  EMBER_RETURN_IF_ERROR(list("tools", chat.tools_json()));
+  EMBER_RETURN_IF_ERROR(list("documents", chat.documents_json()));
+  request["add_generation_prompt"] =
+      chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
+  return request;
+}
+
 absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
                                              const ModelLimits& model) {
   if (model.tokenizer == nullptr) return NeedsTokenizer("chat");
@@ -48,13 +125,14 @@ absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
         absl::StrCat("chat: ", model.chat_template_error.message()));
   }
   if (chat.messages().empty()) return Invalid("chat.messages", "empty");
-  std::vector<ChatMessage> messages;
-  for (int i = 0; i < chat.messages_size(); ++i) {
-    const auto& m = chat.messages(i);
-    messages.push_back({m.role(), m.content()});
+  auto request = ChatRequestJson(chat);
+  if (!request.ok()) return request.status();
+  auto text = model.chat_template->Render(*request);
+  if (!text.ok()) {
+    // The template's own refusal (raise_exception) or a limit, with the template's words.
+    if (absl::IsResourceExhausted(text.status())) return text.status();
+    return Invalid("chat", text.status().message());
   }
-  auto text = model.chat_template->Render(messages, /*add_generation_prompt=*/true);
-  if (!text.ok()) return Invalid("chat", text.status().message());
   // The rendered text carries BOS where the template writes it (as transformers'
   // apply_chat_template, which encodes without special tokens).
   return Encode("chat", *text, /*add_special=*/false, model);

@@ -194,8 +194,7 @@ absl::Status ServingModel::ParseFiles(const std::map<std::string, std::string>& 
         absl::FailedPreconditionError("the model has no tokenizer.json, so it takes token ids only");
     return absl::OkStatus();
   }
-  auto chat = ChatTemplate::Recognize(tokenizer_->chat_template(), tokenizer_->bos_token(),
-                                      tokenizer_->eos_token());
+  auto chat = ChatTemplate::Load(tokenizer_->chat_template(), tokenizer_->template_tokens());
   if (chat.ok()) {
     chat_template_ = std::move(*chat);
   } else {

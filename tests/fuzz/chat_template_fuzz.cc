@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "nlohmann/json.hpp"
 #include "worker/jinja/template.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

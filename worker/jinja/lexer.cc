@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "worker/utf8.h"
 
 namespace ember::jinja {
 namespace {
@@ -19,24 +20,6 @@ bool IsWhitespace(char c) {
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsNameStart(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool IsNameChar(char c) { return IsNameStart(c) || IsDigit(c); }
-
-void AppendUtf8(uint32_t c, std::string& out) {
-  if (c < 0x80) {
-    out += static_cast<char>(c);
-  } else if (c < 0x800) {
-    out += static_cast<char>(0xC0 | (c >> 6));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else if (c < 0x10000) {
-    out += static_cast<char>(0xE0 | (c >> 12));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (c >> 18));
-    out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (c & 0x3F));
-  }
-}
 
 // Python's string escapes (Jinja decodes literals with "unicode-escape"); an unknown escape
 // keeps its backslash.
@@ -52,7 +35,8 @@ std::string Unescape(std::string_view s) {
     if (hex_digits && i + hex_digits < s.size() &&
         std::all_of(s.begin() + i + 1, s.begin() + i + 1 + hex_digits,
                     [](char h) { return std::isxdigit(static_cast<unsigned char>(h)); })) {
-      AppendUtf8(std::strtoul(std::string(s.substr(i + 1, hex_digits)).c_str(), nullptr, 16), out);
+      ember::worker::utf8::Append(
+          std::strtoul(std::string(s.substr(i + 1, hex_digits)).c_str(), nullptr, 16), out);
       i += hex_digits;
       continue;
     }

@@ -38,7 +38,7 @@ class Dict {
   void Set(std::string key, Value value);
   const Value* Find(std::string_view key) const;
   const std::vector<std::pair<std::string, Value>>& items() const { return items_; }
-  size_t size() const { return items_.size(); }
+  size_t size() const;  // defined below Value, which must be complete (clang)
   // Nesting depth of the values held (see Value::depth).
   int depth() const { return depth_; }
 
@@ -218,5 +218,7 @@ absl::StatusOr<std::vector<Value>> BindArguments(std::string_view function, cons
 
 // The characters (UTF-8 sequences) of `s`; a stray byte counts as one character.
 std::vector<std::string_view> Characters(std::string_view s);
+
+inline size_t Dict::size() const { return items_.size(); }
 
 }  // namespace ember::jinja

@@ -200,6 +200,9 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   if (target == Target::kDevice && !CudaAvailable()) {
     LogWarning("loader", "no usable GPU: loading into host memory instead of the device");
     target = Target::kHost;
+  } else if (target == Target::kDevice && options.device_wanted && !options.device_wanted()) {
+    LogInfo("loader", "the GPU is not used for compute: loading into host memory");
+    target = Target::kHost;
   }
   model.target = target;
 

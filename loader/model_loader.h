@@ -50,6 +50,10 @@ struct LoadOptions {
   // device arena) is allocated, before any weight byte moves: a caller can size and allocate
   // what else it needs from the memory left while the weights stream.
   std::function<void(uint64_t arena_bytes)> on_arena;
+  // With Target::kDevice: whether the caller will compute on the device, asked once the
+  // headers are read (so a slow driver start overlaps the listing) and only when a GPU is
+  // usable at all. False loads into host memory, as without a GPU. Unset: yes.
+  std::function<bool()> device_wanted;
 };
 
 // One tensor in the arena.

@@ -43,6 +43,11 @@ uint64_t NextSeed();
 // Records `error` as the calling host thread's last error, says why on stderr, returns it.
 cudaError_t Fail(cudaError_t error, const std::string& why);
 
+// "(x, y, z)", for messages.
+inline std::string Dims(dim3 d) {
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+}
+
 // Whether [p, p + bytes) lies inside one live device allocation.
 bool IsDeviceRange(const void* p, size_t bytes);
 

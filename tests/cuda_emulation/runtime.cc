@@ -719,10 +719,6 @@ std::set<std::string>& Launched() {
   return *names;
 }
 
-std::string Dims(dim3 d) {
-  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
-}
-
 }  // namespace
 
 cudaError_t Enqueue(KernelLaunch launch, cudaStream_t stream) {

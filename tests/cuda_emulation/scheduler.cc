@@ -91,10 +91,6 @@ struct Stacks {
 };
 thread_local Stacks t_stacks;
 
-std::string Dims(dim3 d) {
-  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
-}
-
 [[noreturn]] void BlockFatal(const Block& b, const std::string& what) {
   Fatal(b.launch->name + " block " + Dims(b.threads[0].index.block_idx) + ": " + what);
 }

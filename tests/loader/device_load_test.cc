@@ -103,6 +103,20 @@ TEST_F(DeviceLoad, LoadsEveryTensorIntoVramByteExact) {
   ExpectOnDeviceByteExact(*model, model_dir);
 }
 
+TEST_F(DeviceLoad, LoadsIntoHostMemoryWhenTheCallerWillNotComputeOnTheDevice) {
+  TempDir dir;
+  ASSERT_TRUE(MakeTestModel(dir.path() + "/m", {"--layout", "single", "--total-mb", "2"}));
+  LoadOptions options;
+  options.target = Target::kDevice;
+  int asked = 0;
+  options.device_wanted = [&] { return ++asked, false; };
+  auto model = LoadModel(dir.path() + "/m", options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(model->target, Target::kHost);
+  ::ember::testing::ExpectByteExact(*model, dir.path() + "/m");
+}
+
 TEST_F(DeviceLoad, StreamsFromS3ThroughASmallRingByteExact) {
   const std::string dir = MakeS3Model("s3", {"--layout", "sharded", "--shards", "3",
                                              "--misaligned", "--dtypes", "all", "--total-mb", "24"});

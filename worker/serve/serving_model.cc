@@ -65,9 +65,14 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   engine_options.kv_blocks = options.kv_blocks;
 
   loader::LoadOptions load;
-  // Decided now by the backend's own hardware check, so a GPU the CUDA backend refuses
-  // gets no weights (the backend falls back to the CPU, the weights go to host memory).
-  load.target = LoadTargetFor(options.backend);
+  // Into device memory unless the CPU backend was asked for; the loader asks LoadTargetFor
+  // (the backend's own hardware check) once the headers are read, off the start-up path,
+  // so a GPU the CUDA backend refuses gets no weights (they go to host memory, as the
+  // backend falls back to the CPU).
+  load.target = options.backend == "cpu" ? loader::Target::kHost : loader::Target::kDevice;
+  load.device_wanted = [choice = options.backend] {
+    return LoadTargetFor(choice) == loader::Target::kDevice;
+  };
   load.require_tokenizer = false;  // a model without one serves token ids
   load.on_progress = options.on_progress;
   // config.json, the tokenizer and the chat template are parsed while the weights stream.

@@ -401,5 +401,32 @@ TEST(JinjaCorpusFeatures, DictsortFormatFalsySelectAndUnknownFiltersOnUntakenPat
             std::string::npos);
 }
 
+TEST(JinjaCorpusFeatures, DictKeysAreAnyHashableScalarAsInPython) {
+  // ByteDance Seed-OSS keys a lookup table by integers. 1, 1.0 and True are one key (the first
+  // spelling stays); json.dumps sorts the keys themselves and then writes them as strings.
+  EXPECT_EQ(Render("{% set d = {0: 'zero', 512: 'a', 1.0: 'one', true: 'T', 'k': 'v'} %}"
+                   "{{ d[0] }}|{{ d[1] }}|{{ d[512] }}|{{ d|tojson }}|{{ d }}|"
+                   "{% for k, v in {16: 1, 2: 2, 8: 3}|dictsort %}{{k}}:{{v}},{% endfor %}|"
+                   "{{ 2 in {2: 0} }}|{{ {10: 1, 9: 2}|tojson(sort_keys=true) }}|"
+                   "{{ {1: 'x'}.get(1) }}|{{ {none: 1}|tojson }}|{{ {0: 1}.keys()|list }}"),
+            "zero|T|a|{\"0\": \"zero\", \"512\": \"a\", \"1.0\": \"T\", \"k\": \"v\"}|"
+            "{0: 'zero', 512: 'a', 1.0: 'T', 'k': 'v'}|2:2,8:3,16:1,|True|{\"9\": 2, \"10\": 1}|"
+            "x|{\"null\": 1}|[0]");
+  EXPECT_NE(Error("{{ {[1]: 2} }}").message().find("unhashable type: 'list'"), std::string::npos);
+  EXPECT_NE(Error("{{ {1: 2, 'a': 3}|tojson(sort_keys=true) }}")
+                .message()
+                .find("'<' not supported between instances of 'str' and 'int'"),
+            std::string::npos);
+}
+
+TEST(JinjaCorpusFeatures, SafeAndEscapeGiveMarkupThatPlusEscapesAgainst) {
+  // functionary-v3.1 writes `'<|python_tag|>'|safe + text`: jinja2's Markup escapes `text`.
+  // `~` joins as plain text with autoescaping off, as transformers sets it.
+  EXPECT_EQ(Render("{{ '<b>'|safe + '<i>' }}|{{ '<i>' + '&'|safe }}|{{ ('<b>'|safe ~ '<i>') + '<' }}|"
+                   "{{ ('a'|safe + '<')|string + '>' }}|{{ '<'|e + '>' }}|{{ ('<'|e)|e }}|"
+                   "{{ '<'|safe }}|{{ ('x'|safe + '\"').upper() + '\\'' }}"),
+            "<b>&lt;i&gt;|&lt;i&gt;&|<b><i><|a&lt;&gt;|&lt;&gt;|&lt;|<|X&#34;&#39;");
+}
+
 }  // namespace
 }  // namespace ember::jinja

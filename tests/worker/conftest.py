@@ -30,8 +30,9 @@ def s3_root(tmp_path_factory) -> Path:
     """The S3 server's root: bucket `models` with `tiny` (fast, with a chat tokenizer),
     `qwen3chat` (tiny's weights and tokenizer with Qwen3's real chat template as
     chat_template.jinja: thinking and tool calls), `mistralchat` (the same with Mistral 7B
-    v0.1's template, which refuses roles that do not alternate) and `slow` (SmolLM2-135M's shape, random
-    weights: long generations take seconds on a CPU)."""
+    v0.1's template, which refuses roles that do not alternate), `badchat` (the same with a
+    template Ember cannot parse: it includes another file) and `slow` (SmolLM2-135M's shape,
+    random weights: long generations take seconds on a CPU)."""
     root = tmp_path_factory.mktemp("s3root")
     models = tmp_path_factory.mktemp("models")
     make_model("llama-gqa", models / "tiny", dtype="float32")
@@ -39,7 +40,8 @@ def s3_root(tmp_path_factory) -> Path:
     make_model("smollm2-135m", models / "slow", dtype="bfloat16")
     place(models / "tiny", root / BUCKET / "tiny")
     templates = {"qwen3chat": corpus()["Qwen-Qwen3-0.6B"], "mistralchat": (
-        REPO / "tests" / "engine" / "chat_templates" / "mistral-7b-instruct-v0.1.jinja").read_text()}
+        REPO / "tests" / "engine" / "chat_templates" / "mistral-7b-instruct-v0.1.jinja").read_text(),
+        "badchat": "{{ bos_token }}{% for m in messages %}\n{% include 'turn.jinja' %}{% endfor %}"}
     for name, template in templates.items():
         # tiny's files with the template in chat_template.jinja alone (as transformers saves
         # it); tokenizer_config.json is rewritten, not changed through tiny's hard link.

@@ -174,6 +174,25 @@ def test_a_templates_refusal_reaches_the_client_with_its_message(start_worker, p
     worker.stop()
 
 
+def test_a_template_ember_cannot_parse_refuses_chat_and_serves_prompts(start_worker, pb):
+    worker = start_worker("badchat", "--kv_blocks=256")
+    stub = worker.stub()
+    assert not stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT).chat_template
+    chat = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")])
+    for call in (lambda: stub.Tokenize(pb.TokenizeRequest(chat=chat), timeout=TIMEOUT),
+                 lambda: generate(stub, pb.GenerateRequest(chat=chat))):
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = refused.value.details()
+        assert "include" in details and "line 2" in details and "send a text prompt" in details, \
+            details
+    ids, _, _ = generate(stub, pb.GenerateRequest(
+        prompt="Hello", stopping=pb.StoppingCriteria(max_tokens=3, ignore_eos=True)))
+    assert len(ids) == 3
+    worker.stop()
+
+
 def test_stop_string_ends_the_stream_before_it(stub, pb, tiny_dir):
     tok = hf_tokenizer(tiny_dir)
     base = pb.GenerateRequest(prompt="Grüße aus", stopping=pb.StoppingCriteria(max_tokens=40, ignore_eos=True))

@@ -285,7 +285,7 @@ absl::StatusOr<Value> FilterDictSort(const Value& input, const CallArgs& args, s
   }
   std::vector<Value> pairs;
   for (const auto& [key, value] : input.as_dict().items()) {
-    pairs.push_back(Value::List({Value::String(key), value}, /*tuple=*/true));
+    pairs.push_back(Value::List({key, value}, /*tuple=*/true));
   }
   const CallArgs sort_args{{}, {{"reverse", a[2]}, {"case_sensitive", a[0]},
                                 {"attribute", Value::String(by == "key" ? "0" : "1")}}};
@@ -491,31 +491,19 @@ absl::StatusOr<Value> FilterAbs(const Value& input, const CallArgs& args, size_t
 
 absl::StatusOr<Value> FilterEscape(const Value& input, const CallArgs& args, size_t max_bytes) {
   EMBER_RETURN_IF_ERROR(BindArguments("escape", args, {}).status());
-  std::string text, out;
+  if (input.is_markup()) return input;
+  std::string text;
   EMBER_ASSIGN_OR_RETURN(text, Text(input, max_bytes));
-  for (char c : text) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&#34;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  if (out.size() > max_bytes) return TooLarge("the escaped string", max_bytes);
-  return Value::String(std::move(out));
+  text = HtmlEscape(text);
+  if (text.size() > max_bytes) return TooLarge("the escaped string", max_bytes);
+  return Value::Markup(std::move(text));
+}
+
+absl::StatusOr<Value> FilterSafe(const Value& input, const CallArgs& args, size_t max_bytes) {
+  EMBER_RETURN_IF_ERROR(BindArguments("safe", args, {}).status());
+  std::string text;
+  EMBER_ASSIGN_OR_RETURN(text, Text(input, max_bytes));
+  return Value::Markup(std::move(text));
 }
 
 absl::StatusOr<Value> FilterWordcount(const Value& input, const CallArgs& args, size_t max_bytes) {
@@ -576,13 +564,14 @@ const Filter kFilters[] = {
     {"replace", EMBER_JINJA_LAMBDA(return AsMethod("replace", input, args, max_bytes))},
     {"reverse", FilterReverse},
     {"round", FilterRound},
-    {"safe", EMBER_JINJA_LAMBDA(return TextValue(input, max_bytes))},
+    {"safe", FilterSafe},
     {"select",
      EMBER_JINJA_LAMBDA(return Select(input, args, /*by_attribute=*/false, /*keep=*/true))},
     {"selectattr",
      EMBER_JINJA_LAMBDA(return Select(input, args, /*by_attribute=*/true, /*keep=*/true))},
     {"sort", FilterSort},
-    {"string", EMBER_JINJA_LAMBDA(return TextValue(input, max_bytes))},
+    // str() of a Markup keeps it one (jinja2's soft_str).
+    {"string", EMBER_JINJA_LAMBDA(return input.is_markup() ? input : TextValue(input, max_bytes))},
     {"sum", FilterSum},
     {"title", FilterTitle},
     {"tojson", FilterToJson},
@@ -1066,11 +1055,10 @@ class Renderer {
       Value key, value;
       EMBER_ASSIGN_OR_RETURN(key, Eval(*key_expr, frame));
       EMBER_ASSIGN_OR_RETURN(value, Eval(*value_expr, frame));
-      if (!key.is_string()) {
-        return InvalidArgumentError(
-            absl::StrFormat("dict keys must be strings, not %s", key.type_name()));
+      if (!Dict::Hashable(key)) {
+        return InvalidArgumentError(absl::StrFormat("unhashable type: '%s'", key.type_name()));
       }
-      d.Set(key.as_string(), std::move(value));
+      d.Set(std::move(key), std::move(value));
     }
     return Value::FromDict(std::move(d));
   }

@@ -126,7 +126,7 @@ void AppendDictRepr(const Dict& d, int depth, size_t max_bytes, std::string& out
   out += '{';
   for (size_t i = 0; i < d.items().size() && out.size() <= max_bytes; ++i) {
     if (i) out += ", ";
-    AppendStringRepr(d.items()[i].first, out);
+    AppendRepr(d.items()[i].first, depth + 1, max_bytes, out);
     out += ": ";
     AppendRepr(d.items()[i].second, depth + 1, max_bytes, out);
   }
@@ -200,6 +200,8 @@ void AppendJsonString(std::string_view s, bool ensure_ascii, std::string& out) {
   out += '"';
 }
 
+absl::StatusOr<bool> Less(const Value& a, const Value& b);
+
 absl::Status AppendJson(const Value& v, const JsonOptions& o, int level, std::string& out) {
   // With an indent, each item goes on its own line, indented one level deeper.
   auto newline = [&](int at) {
@@ -244,22 +246,36 @@ absl::Status AppendJson(const Value& v, const JsonOptions& o, int level, std::st
       return absl::OkStatus();
     }
     case Value::Kind::kDict: {
-      std::vector<const std::pair<std::string, Value>*> items;
+      // json.dumps sorts the keys themselves (1 before 10 before 9 only for strings), then
+      // writes them as strings: 1 as "1", True as "true", None as "null".
+      std::vector<const std::pair<Value, Value>*> items;
       for (const auto& item : v.as_dict().items()) items.push_back(&item);
       if (items.empty()) {
         out += "{}";
         return absl::OkStatus();
       }
       if (o.sort_keys) {
-        std::stable_sort(items.begin(), items.end(),
-                         [](auto* a, auto* b) { return a->first < b->first; });
+        absl::Status status;
+        std::stable_sort(items.begin(), items.end(), [&](auto* a, auto* b) {
+          absl::StatusOr<bool> less = Less(a->first, b->first);
+          if (!less.ok()) status.Update(less.status());
+          return less.value_or(false);
+        });
+        EMBER_RETURN_IF_ERROR(status);
       }
       out += '{';
       for (size_t i = 0; i < items.size(); ++i) {
         if (out.size() > o.max_bytes) return TooLarge(out.size(), o.max_bytes);
         if (i) out += o.item_separator;
         newline(level + 1);
-        AppendJsonString(items[i]->first, o.ensure_ascii, out);
+        const Value& key = items[i]->first;
+        if (key.is_string()) {
+          AppendJsonString(key.as_string(), o.ensure_ascii, out);
+        } else {
+          out += '"';
+          EMBER_RETURN_IF_ERROR(AppendJson(key, o, level, out));
+          out += '"';
+        }
         out += o.key_separator;
         EMBER_RETURN_IF_ERROR(AppendJson(items[i]->second, o, level + 1, out));
       }
@@ -314,7 +330,7 @@ absl::StatusOr<Value> Contains(const Value& container, const Value& item) {
       return Value::Bool(std::any_of(container.as_list().begin(), container.as_list().end(),
                                      [&](const Value& v) { return Equals(v, item); }));
     case Value::Kind::kDict:
-      return Value::Bool(item.is_string() && container.as_dict().Find(item.as_string()));
+      return Value::Bool(container.as_dict().Find(item) != nullptr);
     default:
       return InvalidArgumentError(
           absl::StrFormat("argument of type '%s' is not iterable", container.type_name()));
@@ -421,10 +437,13 @@ absl::StatusOr<Value> Repeat(const Value& seq, int64_t n, size_t max_bytes) {
 
 absl::StatusOr<Value> Concatenate(const Value& a, const Value& b, size_t max_bytes) {
   if (a.is_string()) {
-    if (a.as_string().size() + b.as_string().size() > max_bytes) {
-      return TooLarge(a.as_string().size() + b.as_string().size(), max_bytes);
-    }
-    return Value::String(absl::StrCat(a.as_string(), b.as_string()));
+    const bool markup = a.is_markup() || b.is_markup();
+    const auto text = [&](const Value& v) {
+      return markup && !v.is_markup() ? HtmlEscape(v.as_string()) : v.as_string();
+    };
+    std::string sum = absl::StrCat(text(a), text(b));
+    if (sum.size() > max_bytes) return TooLarge(sum.size(), max_bytes);
+    return markup ? Value::Markup(std::move(sum)) : Value::String(std::move(sum));
   }
   std::vector<Value> items = a.as_list();
   items.insert(items.end(), b.as_list().begin(), b.as_list().end());
@@ -673,15 +692,15 @@ absl::StatusOr<Value> DictMethod(const Dict& d, std::string_view name, const Cal
   std::vector<Value> a;
   if (name == "get") {
     EMBER_ASSIGN_OR_RETURN(a, BindArguments(fn, args, {"key", "default"}, 1));
-    if (const Value* found = a[0].is_string() ? d.Find(a[0].as_string()) : nullptr) return *found;
+    if (const Value* found = d.Find(a[0])) return *found;
     return a[1].is_undefined() ? Value::None() : a[1];
   }
   EMBER_ASSIGN_OR_RETURN(a, BindArguments(fn, args, {}));
   std::vector<Value> out;
   for (const auto& [key, value] : d.items()) {
-    out.push_back(name == "keys"     ? Value::String(key)
+    out.push_back(name == "keys"     ? key
                   : name == "values" ? value
-                                     : Value::List({Value::String(key), value}, /*tuple=*/true));
+                                     : Value::List({key, value}, /*tuple=*/true));
   }
   return Value::List(std::move(out));
 }
@@ -699,19 +718,79 @@ absl::StatusOr<Value> ListMethod(const std::vector<Value>& items, std::string_vi
 
 }  // namespace
 
-void Dict::Set(std::string key, Value value) {
+namespace {
+
+// The text that identifies a non-string key, equal for keys Python holds equal (1, 1.0, True).
+std::string NumberKey(const Value& key) {
+  if (key.is_none()) return "None";
+  if (key.is_integer()) return absl::StrCat(key.as_int());
+  const double d = key.as_float();
+  if (std::trunc(d) == d && std::abs(d) < 0x1p63) return absl::StrCat(static_cast<int64_t>(d));
+  return FloatRepr(d);
+}
+
+}  // namespace
+
+bool Dict::Hashable(const Value& key) {
+  return key.is_string() || key.is_number() || key.is_none();
+}
+
+void Dict::Set(Value key, Value value) {
   depth_ = std::max(depth_, 1 + value.depth());
-  if (auto it = index_.find(key); it != index_.end()) {
-    items_[it->second].second = std::move(value);
+  Index& index = key.is_string() ? strings_ : others_;
+  std::string text = key.is_string() ? key.as_string() : NumberKey(key);
+  if (auto it = index.find(text); it != index.end()) {
+    items_[it->second].second = std::move(value);  // the first key stays, as in Python
     return;
   }
-  index_.emplace(key, items_.size());
+  index.emplace(std::move(text), items_.size());
   items_.emplace_back(std::move(key), std::move(value));
 }
 
+void Dict::Set(std::string key, Value value) { Set(Value::String(std::move(key)), std::move(value)); }
+
 const Value* Dict::Find(std::string_view key) const {
-  const auto it = index_.find(key);
-  return it == index_.end() ? nullptr : &items_[it->second].second;
+  const auto it = strings_.find(key);
+  return it == strings_.end() ? nullptr : &items_[it->second].second;
+}
+
+const Value* Dict::Find(const Value& key) const {
+  if (key.is_string()) return Find(std::string_view(key.as_string()));
+  if (!Hashable(key)) return nullptr;
+  const auto it = others_.find(NumberKey(key));
+  return it == others_.end() ? nullptr : &items_[it->second].second;
+}
+
+Value Value::Markup(std::string s) {
+  Value v(std::move(s));
+  v.markup_ = true;
+  return v;
+}
+
+std::string HtmlEscape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
 }
 
 Value Value::List(std::vector<Value> items, bool tuple) {
@@ -952,7 +1031,7 @@ absl::StatusOr<std::vector<Value>> Iterate(const Value& v) {
     case Value::Kind::kList:
       return v.as_list();
     case Value::Kind::kDict:
-      for (const auto& item : v.as_dict().items()) items.push_back(Value::String(item.first));
+      for (const auto& item : v.as_dict().items()) items.push_back(item.first);
       return items;
     case Value::Kind::kString:
       for (std::string_view c : Characters(v.as_string())) {
@@ -966,6 +1045,9 @@ absl::StatusOr<std::vector<Value>> Iterate(const Value& v) {
 
 Value GetItem(const Value& obj, const Value& key) {
   if (obj.is_undefined()) return obj;
+  if (obj.is_dict() && !key.is_string()) {
+    if (const Value* found = obj.as_dict().Find(key)) return *found;
+  }
   if (key.is_string()) {
     const Value* found = obj.is_dict() ? obj.as_dict().Find(key.as_string())
                          : obj.kind() == Value::Kind::kNamespace
@@ -1044,7 +1126,14 @@ bool HasMethod(const Value& self, std::string_view name) {
 
 absl::StatusOr<Value> CallMethod(const Value& self, std::string_view name, const CallArgs& args,
                                  size_t max_bytes) {
-  if (self.is_string()) return StringMethod(self.as_string(), name, args, max_bytes);
+  if (self.is_string()) {
+    absl::StatusOr<Value> result = StringMethod(self.as_string(), name, args, max_bytes);
+    // Markup's methods that give a string give a Markup (their arguments are not escaped here).
+    if (self.is_markup() && result.ok() && result->is_string()) {
+      return Value::Markup(result->as_string());
+    }
+    return result;
+  }
   if (self.is_dict()) return DictMethod(self.as_dict(), name, args);
   return ListMethod(self.as_list(), name, args);
 }

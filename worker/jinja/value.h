@@ -31,13 +31,17 @@ struct CallArgs {
 // A builtin function, bound method or macro. Errors it returns are located at the call site.
 using Function = std::function<absl::StatusOr<Value>(const CallArgs&)>;
 
-// Python's dict: string keys in insertion order.
+// Python's dict in insertion order. Keys are hashable scalars (None, bool, int, float, str)
+// and compare as Python's do: 1, 1.0 and True are one key.
 class Dict {
  public:
-  // Replaces the value of an existing key in place, as Python does.
+  static bool Hashable(const Value& key);
+  // Replaces the value of an existing key in place, as Python does. `key` must be Hashable.
+  void Set(Value key, Value value);
   void Set(std::string key, Value value);
+  const Value* Find(const Value& key) const;
   const Value* Find(std::string_view key) const;
-  const std::vector<std::pair<std::string, Value>>& items() const { return items_; }
+  const std::vector<std::pair<Value, Value>>& items() const { return items_; }
   size_t size() const;  // defined below Value, which must be complete (clang)
   // Nesting depth of the values held (see Value::depth).
   int depth() const { return depth_; }
@@ -47,8 +51,10 @@ class Dict {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  std::vector<std::pair<std::string, Value>> items_;
-  std::unordered_map<std::string, size_t, Hash, std::equal_to<>> index_;
+  using Index = std::unordered_map<std::string, size_t, Hash, std::equal_to<>>;
+  std::vector<std::pair<Value, Value>> items_;
+  Index strings_;  // str keys
+  Index others_;   // other keys, by NumberKey()'s text
   int depth_ = 1;
 };
 
@@ -75,6 +81,10 @@ class Value {
   static Value Int(int64_t i) { return Value(i); }
   static Value Float(double d) { return Value(d); }
   static Value String(std::string s) { return Value(std::move(s)); }
+  // markupsafe's Markup, which `|safe` and `|escape` return: a string that `+` joins by
+  // HTML-escaping the other, plain string (transformers turns autoescaping off, so only `+`
+  // and `|escape` see the difference: output, `~`, filters and methods treat it as text).
+  static Value Markup(std::string s);
   // A list; `tuple` only changes how it prints and compares ("(1, 2)").
   static Value List(std::vector<Value> items, bool tuple = false);
   static Value FromDict(Dict dict) { return Value(std::make_shared<const Dict>(std::move(dict))); }
@@ -90,6 +100,7 @@ class Value {
   bool is_undefined() const { return kind() == Kind::kUndefined; }
   bool is_none() const { return kind() == Kind::kNone; }
   bool is_string() const { return kind() == Kind::kString; }
+  bool is_markup() const { return markup_; }
   bool is_list() const { return kind() == Kind::kList; }
   bool is_dict() const { return kind() == Kind::kDict; }
   // int or bool: Python's bool is an int.
@@ -142,6 +153,7 @@ class Value {
   std::variant<UndefinedData, std::monostate, bool, int64_t, double, std::string, ListPtr, DictPtr,
                NamespacePtr, CallablePtr>
       data_;
+  bool markup_ = false;
 };
 
 // JSON (as received in a request) to a Value: object key order is kept and integers stay
@@ -215,6 +227,9 @@ absl::StatusOr<Value> CallMethod(const Value& self, std::string_view name, const
 absl::StatusOr<std::vector<Value>> BindArguments(std::string_view function, const CallArgs& args,
                                                  const std::vector<std::string_view>& names,
                                                  size_t required = 0);
+
+// markupsafe's escape: & < > " ' as HTML entities.
+std::string HtmlEscape(std::string_view s);
 
 // The characters (UTF-8 sequences) of `s`; a stray byte counts as one character.
 std::vector<std::string_view> Characters(std::string_view s);

@@ -121,8 +121,10 @@ absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
                                              const ModelLimits& model) {
   if (model.tokenizer == nullptr) return NeedsTokenizer("chat");
   if (model.chat_template == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("chat: ", model.chat_template_error.message()));
+    // FAILED_PRECONDITION where the model has no template, INVALID_ARGUMENT where its template
+    // is one Ember cannot parse (ChatTemplate::Load).
+    return absl::Status(model.chat_template_error.code(),
+                        absl::StrCat("chat: ", model.chat_template_error.message()));
   }
   if (chat.messages().empty()) return Invalid("chat.messages", "empty");
   auto request = ChatRequestJson(chat);

@@ -7,6 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
+#include "loader/aws_credentials.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
 #include "loader/model_loader.h"
@@ -22,6 +23,7 @@ ABSL_FLAG(double, stall_timeout, 30, "Seconds without a byte before a connection
 ABSL_FLAG(int, max_attempts, 10, "Attempts per range without progress before the load fails");
 ABSL_FLAG(bool, json, false, "Print one JSON object with the result on stdout");
 ABSL_FLAG(bool, quiet, false, "No progress bar and no log lines below warnings");
+ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP);
 
 namespace {
 
@@ -31,8 +33,8 @@ constexpr char kUsage[] =
     "weights, or one .safetensors object) through Ember's loader and reports throughput.\n\n"
     "SOURCE: s3://BUCKET/PREFIX, https://HOST/PATH (a base URL or a presigned .safetensors\n"
     "URL), file://PATH or a plain path.\n"
-    "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION\n"
-    "(or AWS_DEFAULT_REGION), AWS_ENDPOINT_URL (path-style), HF_TOKEN.\n\n"
+    EMBER_S3_CREDENTIALS_USAGE
+    "HF_TOKEN for the Hugging Face Hub.\n\n"
     "Exit status: 0 after a complete, verified load; 1 when the load failed; 2 for bad usage.";
 
 }  // namespace
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string source = args[1];
+  ember::loader::SetS3Anonymous(absl::GetFlag(FLAGS_no_sign_request));
   using ember::loader::Target;
   ember::loader::LoadOptions options;
   const std::string target = absl::GetFlag(FLAGS_target);

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "loader/aws_credentials.h"
 #include "loader/retry_policy.h"
 #include "pugixml.hpp"
 
@@ -38,15 +39,17 @@ curl_slist* ConfigureEasy(CURL* easy, const HttpObject& object, const HttpAuth& 
     case HttpAuth::Kind::kNone:
       break;
     case HttpAuth::Kind::kSigV4: {
+      // libcurl copies string options, so the credentials need not outlive this call.
+      const AwsCredentials credentials = auth.aws->Current();
       const std::string provider = absl::StrCat("aws:amz:", auth.region, ":s3");
       curl_easy_setopt(easy, CURLOPT_AWS_SIGV4, provider.c_str());
-      curl_easy_setopt(easy, CURLOPT_USERNAME, auth.access_key.c_str());
-      curl_easy_setopt(easy, CURLOPT_PASSWORD, auth.secret_key.c_str());
+      curl_easy_setopt(easy, CURLOPT_USERNAME, credentials.access_key.c_str());
+      curl_easy_setopt(easy, CURLOPT_PASSWORD, credentials.secret_key.c_str());
       // S3 wants the payload hash header; GETs have no payload to hash.
       headers = curl_slist_append(headers, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
-      if (!auth.session_token.empty()) {
+      if (!credentials.session_token.empty()) {
         headers = curl_slist_append(
-            headers, absl::StrCat("x-amz-security-token: ", auth.session_token).c_str());
+            headers, absl::StrCat("x-amz-security-token: ", credentials.session_token).c_str());
       }
       break;
     }
@@ -58,6 +61,7 @@ curl_slist* ConfigureEasy(CURL* easy, const HttpObject& object, const HttpAuth& 
       break;
   }
   if (headers) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+  if (!auth.ca_bundle.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, auth.ca_bundle.c_str());
   return headers;
 }
 
@@ -141,8 +145,8 @@ absl::Status HttpFailure(const HttpObject& object, long status, const S3Error& s
   std::string hint;
   if (status == 403 || s3.code == "SignatureDoesNotMatch" || s3.code == "InvalidAccessKeyId" ||
       s3.code == "AccessDenied") {
-    hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or HF_TOKEN), AWS_REGION and the "
-           "bucket policy";
+    hint = "check the credentials (HF_TOKEN, or the AWS credentials the 's3 credentials' log "
+           "line names), AWS_REGION and the bucket policy";
   } else if (status == 404 || s3.code == "NoSuchKey" || s3.code == "NoSuchBucket") {
     hint = "check the bucket and key (or URL) and AWS_ENDPOINT_URL";
   } else if (status == 401) {

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,16 +16,17 @@
 
 namespace ember::loader {
 
-// How requests to one store are authenticated. Secrets live only here and in curl
-// handles; nothing that formats an error reads them.
+class AwsCredentialProvider;
+
+// How requests to one store are authenticated. Secrets live only here, in the credential
+// provider and in curl handles; nothing that formats an error reads them.
 struct HttpAuth {
   enum class Kind { kNone, kSigV4, kBearer };
   Kind kind = Kind::kNone;
-  std::string access_key;
-  std::string secret_key;
-  std::string session_token;
+  std::shared_ptr<AwsCredentialProvider> aws;  // kSigV4: asked at each request (refreshes)
   std::string region;
   std::string bearer_token;
+  std::string ca_bundle;  // CA certificates for TLS; empty: the system store
 };
 
 // One object's address: the URL to fetch and the name used in messages. `display`

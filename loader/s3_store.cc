@@ -6,8 +6,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "loader/aws_credentials.h"
 #include "loader/http_client.h"
 #include "loader/http_streamer.h"
+#include "loader/status_macros.h"
 #include "loader/stores.h"
 #include "pugixml.hpp"
 
@@ -144,19 +146,10 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(absl::string_view uri) 
   }
 
   HttpAuth auth;
-  auth.access_key = Env("AWS_ACCESS_KEY_ID");
-  auth.secret_key = Env("AWS_SECRET_ACCESS_KEY");
-  auth.session_token = Env("AWS_SESSION_TOKEN");
-  auth.region = Env("AWS_REGION");
-  if (auth.region.empty()) auth.region = Env("AWS_DEFAULT_REGION");
-  if (auth.region.empty()) auth.region = "us-east-1";
-  if (!auth.access_key.empty() || !auth.secret_key.empty()) {
-    if (auth.access_key.empty() || auth.secret_key.empty()) {
-      return absl::InvalidArgumentError(
-          "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (one of them is empty)");
-    }
-    auth.kind = HttpAuth::Kind::kSigV4;
-  }  // else: anonymous requests, for public buckets
+  auth.region = AwsRegion();
+  EMBER_ASSIGN_OR_RETURN(auth.ca_bundle, AwsCaBundle());
+  EMBER_ASSIGN_OR_RETURN(auth.aws, S3Credentials());
+  if (auth.aws) auth.kind = HttpAuth::Kind::kSigV4;  // else --no_sign_request: anonymous
 
   std::string endpoint = Env("AWS_ENDPOINT_URL_S3");
   if (endpoint.empty()) endpoint = Env("AWS_ENDPOINT_URL");

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "kernels/backend.h"
+#include "loader/aws_credentials.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
 #include "loader/model_loader.h"
@@ -48,6 +49,7 @@ ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks (0: from free memory)");
 ABSL_FLAG(double, kv_memory_fraction, 0.9, "Fraction of free memory for the KV cache");
 ABSL_FLAG(bool, json, false, "Print one JSON object with ids and timings on stdout");
 ABSL_FLAG(bool, quiet, false, "No progress bar and no log lines below warnings");
+ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP);
 
 namespace {
 
@@ -55,7 +57,8 @@ constexpr char kUsage[] =
     "ember-generate --model SOURCE (--prompt-ids 1,2,3 | --prompt TEXT) [--max-tokens N] [flags]\n\n"
     "Loads a Llama, Mistral or Qwen2 model (config.json + safetensors) through Ember's\n"
     "loader, generates with Ember's engine and prints the token ids and tokens/s.\n"
-    "Flags may be spelled with dashes or underscores.\n\n"
+    "Flags may be spelled with dashes or underscores.\n"
+    EMBER_S3_CREDENTIALS_USAGE "\n"
     "Exit status: 0 on success; 1 when loading or generating failed; 2 for bad usage.";
 
 double Now() {
@@ -117,6 +120,7 @@ int main(int argc, char** argv) {
   }
   const std::string source = absl::GetFlag(FLAGS_model);
   if (source.empty()) return Usage("--model is required");
+  ember::loader::SetS3Anonymous(absl::GetFlag(FLAGS_no_sign_request));
   std::vector<std::vector<int32_t>> prompts;
   std::string error;
   if (prompt_text.empty() && !ParsePrompts(absl::GetFlag(FLAGS_prompt_ids), &prompts, &error)) {

@@ -20,6 +20,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "loader/aws_credentials.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
 #include "google/protobuf/stubs/logging.h"
@@ -41,6 +42,7 @@ ABSL_FLAG(double, drain_timeout_s, 30, "Seconds in-flight requests may take to f
 ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (optional) [EMBER_CACHE_DIR]");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
+ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP " [EMBER_NO_SIGN_REQUEST]");
 
 namespace {
 
@@ -50,8 +52,7 @@ constexpr char kUsage[] =
     "standard grpc.health.v1.Health and server reflection over gRPC (h2c), and Prometheus\n"
     "metrics on HTTP /metrics. Every flag has the environment variable shown in brackets;\n"
     "a flag given on the command line wins. Logs are JSON lines on stderr.\n"
-    "S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (AWS_ENDPOINT_URL\n"
-    "for a non-AWS endpoint).\n\n"
+    EMBER_S3_CREDENTIALS_USAGE "\n"
     "Exit status: 0 after a drain (SIGTERM/SIGINT); 1 when the model failed to load or a\n"
     "port could not be opened; 2 for bad usage.";
 
@@ -69,6 +70,7 @@ const std::pair<const char*, const char*> kEnvFlags[] = {
     {"cache_dir", "EMBER_CACHE_DIR"},
     {"backend", "EMBER_BACKEND"},
     {"log_level", "EMBER_LOG_LEVEL"},
+    {"no_sign_request", "EMBER_NO_SIGN_REQUEST"},
 };
 
 int Usage(const std::string& message) {
@@ -122,6 +124,7 @@ int main(int argc, char** argv) {
   const std::optional<ember::LogLevel> level = ember::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
   if (!level.has_value()) return Usage("--log_level must be debug, info, warning, error or off");
   ember::SetLogLevel(*level);
+  ember::loader::SetS3Anonymous(absl::GetFlag(FLAGS_no_sign_request));
 
   ember::worker::ServingOptions serving;
   serving.source = absl::GetFlag(FLAGS_model);

@@ -267,6 +267,20 @@ def test_knative_container_matches_the_deployment_container(rendered):
     assert probe_budget(deployment["startupProbe"]) == probe_budget(knative["startupProbe"])
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_request_held_at_zero_waits_little_after_serving(rendered, overlay):
+    """From SERVING to Ready the held request waits for the next startup probe, then the
+    next readiness probe: 1 s periods on the kubelet; on Knative the readiness probe has no
+    period, so its queue-proxy probes every 50 ms."""
+    for name, template in pod_templates(rendered[overlay]):
+        c = worker_container(template)
+        assert c["startupProbe"]["periodSeconds"] == 1, name
+        if overlay == "knative":
+            assert "periodSeconds" not in c["readinessProbe"], name
+        else:
+            assert c["readinessProbe"]["periodSeconds"] == 1, name
+
+
 # --- cold start, drain ---------------------------------------------------------------------
 
 

@@ -1,7 +1,6 @@
 // The AWS credential lookup (see aws_credentials.h for the order and the environment).
 #include "loader/aws_credentials.h"
 
-#include <curl/curl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -57,68 +56,10 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view 
   return text.str();
 }
 
-// --- A small synchronous HTTP call (STS, the container and metadata endpoints) --------------
-
-struct HttpCall {
-  std::string method = "GET";
-  std::string url;
-  std::vector<std::string> headers;
-  std::string body;  // sent for POST
-  long timeout_ms = 5000;
-  int attempts = 3;  // on connection errors and 5xx
-};
-
-struct HttpReply {
-  long status = 0;
-  std::string body;
-};
-
-size_t AppendBody(char* data, size_t size, size_t n, void* out) {
-  static_cast<std::string*>(out)->append(data, size * n);
-  return size * n;
-}
-
-// The reply, whatever its status; an error only when no reply came. Messages name the URL
-// (which never carries a secret here), never a header or the body sent.
-absl::StatusOr<HttpReply> Call(const HttpCall& call) {
-  EnsureCurlInitialized();
-  std::string ca_bundle;
-  EMBER_ASSIGN_OR_RETURN(ca_bundle, AwsCaBundle());
-  std::string error;
-  for (int attempt = 1; attempt <= call.attempts; ++attempt) {
-    CURL* easy = curl_easy_init();
-    if (easy == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
-    HttpReply reply;
-    char curl_error[CURL_ERROR_SIZE] = "";
-    curl_slist* headers = nullptr;
-    for (const std::string& h : call.headers) headers = curl_slist_append(headers, h.c_str());
-    curl_easy_setopt(easy, CURLOPT_URL, call.url.c_str());
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, call.timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, call.timeout_ms);
-    curl_easy_setopt(easy, CURLOPT_USERAGENT, "ember/0.1");
-    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, AppendBody);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &reply.body);
-    if (headers) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-    if (!ca_bundle.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_bundle.c_str());
-    if (call.method == "POST") {
-      curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call.body.c_str());
-      curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, static_cast<long>(call.body.size()));
-    } else if (call.method != "GET") {
-      curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, call.method.c_str());
-    }
-    const CURLcode code = curl_easy_perform(easy);
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &reply.status);
-    curl_slist_free_all(headers);
-    curl_easy_cleanup(easy);
-    if (code == CURLE_OK && reply.status < 500) return reply;
-    error = code != CURLE_OK ? std::string(curl_error[0] ? curl_error : curl_easy_strerror(code))
-                             : absl::StrCat("HTTP ", reply.status);
-    if (code != CURLE_OK && !IsTransientCurlError(code)) break;
-    if (attempt < call.attempts) absl::SleepFor(absl::Milliseconds(100 * attempt));
-  }
-  return absl::UnavailableError(absl::StrCat(call.method, " ", call.url, ": ", error));
+// A request to STS or a credential endpoint, with AWS_CA_BUNDLE for TLS.
+absl::StatusOr<HttpReply> CallAws(HttpRequest request) {
+  EMBER_ASSIGN_OR_RETURN(request.ca_bundle, AwsCaBundle());
+  return Perform(request);
 }
 
 absl::StatusOr<absl::Time> ParseExpiration(absl::string_view text, absl::string_view where) {
@@ -191,7 +132,7 @@ class WebIdentitySource : public AwsCredentialSource {
           absl::StrCat("AWS_WEB_IDENTITY_TOKEN_FILE ", token_file_, " is empty"));
     }
     // AssumeRoleWithWebIdentity is not signed: the token is the proof.
-    HttpCall call{.method = "POST",
+    HttpRequest call{.method = "POST",
                   .url = sts_url_,
                   .headers = {"Content-Type: application/x-www-form-urlencoded"},
                   .body = absl::StrCat("Action=AssumeRoleWithWebIdentity&Version=2011-06-15",
@@ -199,7 +140,7 @@ class WebIdentitySource : public AwsCredentialSource {
                                        "&RoleSessionName=", FormEncode(session_name_),
                                        "&WebIdentityToken=", FormEncode(token))};
     HttpReply reply;
-    EMBER_ASSIGN_OR_RETURN(reply, Call(call));
+    EMBER_ASSIGN_OR_RETURN(reply, CallAws(call));
     pugi::xml_document doc;
     doc.load_buffer(reply.body.data(), reply.body.size());
     if (reply.status != 200) {
@@ -234,7 +175,7 @@ class ContainerSource : public AwsCredentialSource {
         token_file_(std::move(token_file)) {}
 
   absl::StatusOr<AwsCredentials> Fetch() override {
-    HttpCall call{.url = url_, .timeout_ms = 2000};
+    HttpRequest call{.url = url_, .timeout_ms = 2000};
     std::string token = token_;
     if (!token_file_.empty()) {  // read each time: EKS Pod Identity rotates it
       EMBER_ASSIGN_OR_RETURN(token, ReadFile(token_file_, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"));
@@ -242,7 +183,7 @@ class ContainerSource : public AwsCredentialSource {
     }
     if (!token.empty()) call.headers.push_back(absl::StrCat("Authorization: ", token));
     HttpReply reply;
-    EMBER_ASSIGN_OR_RETURN(reply, Call(call));
+    EMBER_ASSIGN_OR_RETURN(reply, CallAws(call));
     if (reply.status != 200) {
       return absl::PermissionDeniedError(absl::StrCat(
           "HTTP ", reply.status,
@@ -266,13 +207,13 @@ class MetadataSource : public AwsCredentialSource {
   // Unavailable when nothing answers at the endpoint (not on EC2): the lookup goes on.
   absl::StatusOr<AwsCredentials> Fetch() override {
     // As the SDKs do: one attempt of one second, as off EC2 nothing answers.
-    HttpCall token_call{.method = "PUT",
+    HttpRequest token_call{.method = "PUT",
                         .url = absl::StrCat(endpoint_, "/latest/api/token"),
                         .headers = {"X-aws-ec2-metadata-token-ttl-seconds: 21600"},
                         .timeout_ms = 1000,
                         .attempts = 1};
     HttpReply token;
-    EMBER_ASSIGN_OR_RETURN(token, Call(token_call));
+    EMBER_ASSIGN_OR_RETURN(token, CallAws(token_call));
     if (token.status != 200 || token.body.empty()) {
       return absl::PermissionDeniedError(
           absl::StrCat("PUT /latest/api/token: HTTP ", token.status, " (IMDSv1 is not used)"));
@@ -280,7 +221,7 @@ class MetadataSource : public AwsCredentialSource {
     const std::string header = absl::StrCat("X-aws-ec2-metadata-token: ", token.body);
     const std::string base = absl::StrCat(endpoint_, "/latest/meta-data/iam/security-credentials/");
     HttpReply roles;
-    EMBER_ASSIGN_OR_RETURN(roles, Call({.url = base, .headers = {header}, .timeout_ms = 2000}));
+    EMBER_ASSIGN_OR_RETURN(roles, CallAws({.url = base, .headers = {header}, .timeout_ms = 2000}));
     const std::string role(absl::StripAsciiWhitespace(
         absl::string_view(roles.body).substr(0, roles.body.find('\n'))));
     if (roles.status != 200 || role.empty()) {
@@ -288,8 +229,8 @@ class MetadataSource : public AwsCredentialSource {
           "GET ", base, ": HTTP ", roles.status, "; does the instance have an IAM role?"));
     }
     HttpReply creds;
-    EMBER_ASSIGN_OR_RETURN(creds,
-                           Call({.url = base + role, .headers = {header}, .timeout_ms = 2000}));
+    EMBER_ASSIGN_OR_RETURN(
+        creds, CallAws({.url = base + role, .headers = {header}, .timeout_ms = 2000}));
     if (creds.status != 200) {
       return absl::PermissionDeniedError(
           absl::StrCat("GET ", base, role, ": HTTP ", creds.status));

@@ -11,6 +11,7 @@
 #include "loader/cli_args.h"
 #include "loader/log.h"
 #include "loader/model_loader.h"
+#include "loader/peer.h"
 #include "loader/progress_bar.h"
 #include "nlohmann/json.hpp"
 
@@ -24,6 +25,8 @@ ABSL_FLAG(int, max_attempts, 10, "Attempts per range without progress before the
 ABSL_FLAG(bool, json, false, "Print one JSON object with the result on stdout");
 ABSL_FLAG(bool, quiet, false, "No progress bar and no log lines below warnings");
 ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP);
+ABSL_FLAG(std::string, peers, "", "Workers to fetch weight ranges from: HOST:PORT or dns:NAME:PORT, comma-separated (the store stays the authority)");
+ABSL_FLAG(std::string, peer_token_file, "", "File holding the peers' token (else the EMBER_PEER_TOKEN variable)");
 
 namespace {
 
@@ -66,6 +69,18 @@ int main(int argc, char** argv) {
   options.retry.stall_timeout_s = absl::GetFlag(FLAGS_stall_timeout);
   options.retry.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   options.mirror_dir = absl::GetFlag(FLAGS_out);
+  if (const std::string peers = absl::GetFlag(FLAGS_peers); !peers.empty()) {
+    auto list = ember::loader::ParsePeerList(peers);
+    auto token = ember::loader::ReadPeerToken(absl::GetFlag(FLAGS_peer_token_file));
+    for (const absl::Status& s : {list.status(), token.status()}) {
+      if (!s.ok()) {
+        std::fprintf(stderr, "ember-pull: %s\n", std::string(s.message()).c_str());
+        return 2;
+      }
+    }
+    options.peers = *std::move(list);
+    options.peer_token = *std::move(token);
+  }
   if (options.connections < 1 || options.connections > 256) {
     std::fprintf(stderr, "ember-pull: --connections must be 1..256, not %d\n", options.connections);
     return 2;
@@ -106,6 +121,7 @@ int main(int argc, char** argv) {
         {"staging_bytes", model->staging_bytes},
         {"arena_bytes", model->arena ? model->arena->bytes() : 0},
         {"retries", model->retries},
+        {"bytes_from_peers", model->bytes_from_peers},
         {"phases",
          {{"headers_s", t.headers_s},
           {"first_byte_s", t.first_byte_s},

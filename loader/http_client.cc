@@ -274,4 +274,43 @@ absl::StatusOr<std::vector<HttpResponse>> GetConcurrently(const std::vector<Smal
   return responses;
 }
 
+absl::StatusOr<HttpReply> Perform(const HttpRequest& request) {
+  EnsureCurlInitialized();
+  std::string error;
+  for (int attempt = 1; attempt <= request.attempts; ++attempt) {
+    CURL* easy = curl_easy_init();
+    if (easy == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
+    HttpReply reply;
+    char curl_error[CURL_ERROR_SIZE] = "";
+    curl_slist* headers = nullptr;
+    for (const std::string& h : request.headers) headers = curl_slist_append(headers, h.c_str());
+    curl_easy_setopt(easy, CURLOPT_URL, request.url.c_str());
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, request.timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, request.timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, "ember/0.1");
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, curl_error);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, AppendBody);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &reply.body);
+    if (headers) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+    if (!request.ca_bundle.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, request.ca_bundle.c_str());
+    if (request.method == "POST") {
+      curl_easy_setopt(easy, CURLOPT_POSTFIELDS, request.body.c_str());
+      curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, static_cast<long>(request.body.size()));
+    } else if (request.method != "GET") {
+      curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, request.method.c_str());
+    }
+    const CURLcode code = curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &reply.status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(easy);
+    if (code == CURLE_OK && reply.status < 500) return reply;
+    error = code != CURLE_OK ? std::string(curl_error[0] ? curl_error : curl_easy_strerror(code))
+                             : absl::StrCat("HTTP ", reply.status);
+    if (code != CURLE_OK && !IsTransientCurlError(code)) break;
+    if (attempt < request.attempts) std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+  }
+  return absl::UnavailableError(absl::StrCat(request.method, " ", request.url, ": ", error));
+}
+
 }  // namespace ember::loader

@@ -102,4 +102,22 @@ absl::StatusOr<std::vector<HttpResponse>> GetConcurrently(const std::vector<Smal
                                                           int max_attempts,
                                                           long connect_timeout_s);
 
+// One small synchronous request (STS, credential endpoints, peer manifests): the reply,
+// whatever its status; an error only when no reply came (after `attempts` tries on
+// connection errors and 5xx). Messages name the method and URL, never a header or the body.
+struct HttpRequest {
+  std::string method = "GET";  // GET, POST (with body) or another verb without a body
+  std::string url;
+  std::vector<std::string> headers;
+  std::string body;
+  long timeout_ms = 5000;
+  int attempts = 3;
+  std::string ca_bundle;  // empty: the system store
+};
+struct HttpReply {
+  long status = 0;
+  std::string body;
+};
+absl::StatusOr<HttpReply> Perform(const HttpRequest& request);
+
 }  // namespace ember::loader

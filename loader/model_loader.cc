@@ -10,8 +10,10 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -20,6 +22,8 @@
 #include "loader/log.h"
 #include "loader/model_manifest.h"
 #include "loader/object_store.h"
+#include "loader/peer.h"
+#include "loader/status_macros.h"
 
 namespace ember::loader {
 
@@ -171,8 +175,19 @@ class SlotQueue {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<ObjectStore>> OpenModelStore(absl::string_view uri,
+                                                            const LoadOptions& options) {
+  std::unique_ptr<ObjectStore> store;
+  EMBER_ASSIGN_OR_RETURN(store, OpenObjectStore(uri));
+  const std::string root = store->Root();
+  if (options.peers.empty() || absl::StartsWith(root, "file://") || absl::StartsWith(root, "/")) {
+    return store;
+  }
+  return OpenWithPeers(std::move(store), PeerOptions{options.peers, options.peer_token});
+}
+
 absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& options) {
-  auto store = OpenObjectStore(uri);
+  auto store = OpenModelStore(uri, options);
   if (!store.ok()) return store.status();
   return LoadModelFrom(**store, options);
 }
@@ -268,6 +283,16 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       slot_events.push_back(*std::move(event));
     }
   }
+  // Checksums for peers, from the bytes as they arrive.
+  std::optional<BlockDigests> digests;
+  if (options.serve_to_peers && target != Target::kNone) {
+    std::vector<uint64_t> data_start, sizes;
+    for (size_t f = 0; f < manifest.headers.size(); ++f) {
+      data_start.push_back(manifest.headers[f].data_start());
+      sizes.push_back(manifest.weight_objects[f].size);
+    }
+    digests.emplace(std::move(data_start), std::move(sizes));
+  }
   SlotQueue queue, in_flight;
   auto copy_worker = [&] {
     std::optional<CopyStream> stream;
@@ -281,6 +306,7 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       const ChunkJob& job = filled.job;
       StagingSlot* slot = filled.slot;
       absl::Status status;
+      if (digests) digests->Add(job.file, job.offset, slot->data, job.length);
       if (mirroring) status = mirror.Write(job.file, job.offset, slot->data, job.length);
       if (status.ok() && target != Target::kNone) {
         plan.ForEachPiece(job.file, job.offset, job.length,
@@ -383,6 +409,18 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
                           .count();
   model.bytes_streamed = total;
   model.retries = counters.retries.load();
+  model.bytes_from_peers = counters.bytes_from_peers.load();
+  if (digests) {
+    absl::StatusOr<std::vector<std::vector<uint32_t>>> blocks = digests->Finish();
+    if (!blocks.ok()) return blocks.status();
+    std::vector<PeerObject> offered;
+    for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
+      offered.push_back({manifest.weight_objects[f], manifest.headers[f].data_start(),
+                         std::move((*blocks)[f])});
+    }
+    model.served = std::make_shared<ServedModel>(store.Root(), std::move(offered), manifest.headers,
+                                                 manifest.prefixes, model.arena);
+  }
   for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
     model.weight_files.push_back(manifest.weight_objects[f].name);
     for (const PlacedTensor& t : plan.tensors(static_cast<int>(f))) {

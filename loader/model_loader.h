@@ -17,6 +17,7 @@
 namespace ember::loader {
 
 class ObjectStore;  // loader/object_store.h
+class ServedModel;  // loader/peer.h
 
 enum class Target { kHost, kDevice, kNone };
 
@@ -54,6 +55,12 @@ struct LoadOptions {
   // headers are read (so a slow driver start overlaps the listing) and only when a GPU is
   // usable at all. False loads into host memory, as without a GPU. Unset: yes.
   std::function<bool()> device_wanted;
+  // Peers to fetch weight ranges from ("HOST:PORT" or "dns:NAME:PORT", see loader/peer.h),
+  // and the token they want. Empty: the store alone.
+  std::vector<std::string> peers;
+  std::string peer_token;
+  // Checksum the weights as they arrive and keep what peers need (LoadedModel::served).
+  bool serve_to_peers = false;
 };
 
 // One tensor in the arena.
@@ -99,12 +106,15 @@ struct LoadedModel {
   std::map<std::string, std::string> files;  // small files by name: config.json, tokenizer.json...
   std::vector<std::string> weight_files;     // the safetensors files, in load order
   std::map<std::string, WeightView> weights;
-  std::unique_ptr<Arena> arena;              // null for Target::kNone
+  std::shared_ptr<Arena> arena;              // null for Target::kNone
   Target target = Target::kHost;
   uint64_t bytes_streamed = 0;               // safetensors bytes moved through the ring
   uint64_t staging_bytes = 0;                // the ring's actual size
   uint64_t retries = 0;
+  uint64_t bytes_from_peers = 0;             // of bytes_streamed, those peers sent
   LoadTimings timings;
+  // With LoadOptions::serve_to_peers and an arena: what this model offers other workers.
+  std::shared_ptr<const ServedModel> served;
 
   const WeightView* Find(const std::string& name) const {
     auto it = weights.find(name);
@@ -117,7 +127,12 @@ struct LoadedModel {
 // fault; a model is returned only when every byte has arrived and been checked.
 absl::StatusOr<LoadedModel> LoadModel(absl::string_view uri, const LoadOptions& options);
 
-// The same from a store already opened (OpenObjectStore), e.g. one already listed.
+// The store for `uri` (OpenObjectStore), fetching from options.peers as well when given and
+// the source is not local.
+absl::StatusOr<std::unique_ptr<ObjectStore>> OpenModelStore(absl::string_view uri,
+                                                            const LoadOptions& options);
+
+// The same from a store already opened (OpenModelStore), e.g. one already listed.
 absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions& options);
 
 }  // namespace ember::loader

@@ -73,6 +73,7 @@ absl::Status ReadHeaders(ObjectStore& store, ModelManifest& m) {
     auto header = ParseSafetensorsPrefix((*first)[i].bytes, m.weight_objects[i].size,
                                          store.Describe(m.weight_objects[i].name));
     if (!header.ok()) return header.status();
+    m.prefixes.push_back((*first)[i].bytes.substr(0, header->data_start()));
     m.headers.push_back(*std::move(header));
   }
   return absl::OkStatus();

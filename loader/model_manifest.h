@@ -22,6 +22,7 @@ struct ModelManifest {
   std::map<std::string, std::string> small_files;  // name -> contents
   std::vector<ObjectInfo> weight_objects;           // the version being loaded
   std::vector<SafetensorsHeader> headers;           // headers[i] belongs to weight_objects[i]
+  std::vector<std::string> prefixes;  // the bytes before each file's data section (length + JSON)
   std::optional<ShardIndex> index;
   bool weights_only = false;  // the source named one .safetensors object
 };

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "loader/log.h"
 #include "loader/object_store.h"
+#include "loader/peer.h"
 #include "nlohmann/json.hpp"
 
 namespace ember::loader {
@@ -143,7 +144,7 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
                                             const std::string& cache_dir, CacheReport* report) {
   *report = CacheReport();
   if (cache_dir.empty()) return LoadModel(uri, options);
-  auto store = OpenObjectStore(uri);
+  auto store = OpenModelStore(uri, options);
   if (!store.ok()) return store.status();
   const std::string source = (*store)->Root();
   auto bypass = [&](std::string reason) {
@@ -174,6 +175,8 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
       if (local.ok()) {
         report->outcome = CacheOutcome::kHit;
         local->source = source;
+        // Peers know the model by its source and the source's versions, not the entry's.
+        if (local->served) local->served = local->served->FromOrigin(source, **listing);
         return local;
       }
       mismatch = absl::StrCat("the cached copy failed to load: ", local.status().message());

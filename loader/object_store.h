@@ -63,6 +63,7 @@ struct StreamCounters {
   std::atomic<uint64_t> bytes_received{0};
   std::atomic<uint64_t> retries{0};
   std::atomic<int64_t> first_byte_ns{0};  // steady-clock ns of the first data byte; 0 = none yet
+  std::atomic<uint64_t> bytes_from_peers{0};  // of the chunks delivered, those a peer sent
 };
 
 class ObjectStore {

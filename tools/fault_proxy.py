@@ -2,7 +2,9 @@
 """Fault-injecting HTTP/1.1 reverse proxy for loader tests: sits between a client and an S3 server.
 
 Requests and headers (Host included: SigV4 signs it) pass unchanged and bodies stream through; the
-faults hit only ranged GETs (GET with a Range header), counted from 1 in arrival order.
+faults hit only ranged GETs (GET with a Range header), counted from 1 in arrival order. A bandwidth
+limit (--bytes-per-second) applies to every response body, shared by all connections, as one
+bucket's link would.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Faults:
     """Which ranged GETs fail and how. Numbers fault_skip+1 .. fault_skip+fault_requests are hit."""
     reset_after_bytes: int | None = None   # relay headers + N body bytes, then TCP RST
     stall_after_bytes: int | None = None   # relay headers + N body bytes, go silent, then close
+    corrupt_at_byte: int | None = None     # relay the body with one bit flipped at body offset N
     stall_seconds: float = 10.0
     status: int | None = None              # answer with this status and an S3 XML error
     slowdown: int = 0                      # answer the first `slowdown` with 503 SlowDown
@@ -61,13 +64,15 @@ class Faults:
     swap_with: str | None = None
 
     def kind(self) -> str | None:
-        """The one fault configured ("reset", "stall", "status", "slowdown") or None."""
+        """The one fault configured ("reset", "stall", "corrupt", "status", "slowdown") or None."""
         kinds = [name for name, on in (("reset", self.reset_after_bytes is not None),
                                        ("stall", self.stall_after_bytes is not None),
+                                       ("corrupt", self.corrupt_at_byte is not None),
                                        ("status", self.status is not None),
                                        ("slowdown", self.slowdown > 0)) if on]
         if len(kinds) > 1:
-            raise ValueError("choose one of reset-after-bytes, stall-after-bytes, status, slowdown")
+            raise ValueError("choose one of reset-after-bytes, stall-after-bytes, corrupt-at-byte, "
+                             "status, slowdown")
         return kinds[0] if kinds else None
 
     def validate(self) -> None:
@@ -290,9 +295,15 @@ class _ClientConnection:
             async for piece in _body_pieces(self.up_reader, response, length):
                 if limit is not None and sent + len(piece) >= limit:
                     piece = piece[:limit - sent]
+                at = faults.corrupt_at_byte
+                if fault == "corrupt" and sent <= at < sent + len(piece):
+                    flipped = bytearray(piece)
+                    flipped[at - sent] ^= 0x01
+                    piece = bytes(flipped)
                 self.writer.write(piece)
                 sent += len(piece)
                 await self.writer.drain()
+                await self.proxy.throttle(len(piece))
                 if sent == limit:
                     break
         self.proxy.stats["body_bytes"] += sent
@@ -371,7 +382,7 @@ class FaultProxy:
     """The proxy on 127.0.0.1, running its event loop on a background thread."""
 
     def __init__(self, upstream: str, faults: Faults | None = None, listen_port: int = 0,
-                 verbose: bool = False):
+                 verbose: bool = False, bytes_per_second: float | None = None):
         url = urllib.parse.urlsplit(upstream)
         if url.scheme != "http" or not url.hostname:
             raise ValueError(f"upstream must be http://HOST:PORT, got {upstream!r}")
@@ -380,6 +391,8 @@ class FaultProxy:
         self.faults.validate()
         self.listen_port = listen_port
         self.verbose = verbose
+        self.bytes_per_second = bytes_per_second
+        self._link_free_at = 0.0  # when the shared link has sent what it was given
         self.stats = {"connections": 0, "requests": 0, "ranged_gets": 0, "faults": 0,
                       "swaps": 0, "body_bytes": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -389,6 +402,15 @@ class FaultProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
+
+    async def throttle(self, sent: int) -> None:
+        """Waits until `sent` more bytes fit the shared bandwidth limit (if any)."""
+        if not self.bytes_per_second:
+            return
+        now = time.monotonic()
+        self._link_free_at = max(self._link_free_at, now) + sent / self.bytes_per_second
+        if self._link_free_at > now:
+            await asyncio.sleep(self._link_free_at - now)
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -458,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="relay headers and N body bytes, then send nothing for --stall-seconds")
     parser.add_argument("--stall-seconds", type=float, default=10.0, metavar="S",
                         help="stall length before closing (default 10)")
+    parser.add_argument("--corrupt-at-byte", type=int, metavar="N",
+                        help="relay the body with one bit flipped at body offset N")
+    parser.add_argument("--bytes-per-second", type=float, metavar="B",
+                        help="limit every response body to B bytes/s in total, over all connections")
     parser.add_argument("--status", type=int, metavar="CODE",
                         help="answer with this HTTP status and an S3 XML error (500, 503, 403, ...)")
     parser.add_argument("--slowdown", type=int, default=0, metavar="K",
@@ -470,12 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     faults = Faults(reset_after_bytes=args.reset_after_bytes, stall_after_bytes=args.stall_after_bytes,
+                    corrupt_at_byte=args.corrupt_at_byte,
                     stall_seconds=args.stall_seconds, status=args.status, slowdown=args.slowdown,
                     fault_requests=args.fault_requests, fault_skip=args.fault_skip,
                     swap_after_requests=args.swap_after_requests, swap_path=args.swap_path,
                     swap_with=args.swap_with)
     try:
-        proxy = FaultProxy(args.upstream, faults, args.listen_port, args.verbose).start()
+        proxy = FaultProxy(args.upstream, faults, args.listen_port, args.verbose,
+                           args.bytes_per_second).start()
     except (ValueError, OSError) as e:
         parser.error(str(e))
     sys.stdout.write(json.dumps({"endpoint": proxy.endpoint, "pid": os.getpid()}) + "\n")

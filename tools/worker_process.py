@@ -66,7 +66,7 @@ class WorkerProcess:
         self.model, self.args, self.env, self.echo_log = model, list(args), dict(env or {}), echo_log
         self.logs: list[dict] = []
         self.proc: subprocess.Popen | None = None
-        self.grpc_port = self.metrics_port = None
+        self.grpc_port = self.metrics_port = self.peer_port = None
         self._listening, self._serving, self._exited = threading.Event(), threading.Event(), threading.Event()
         self._lock = threading.Lock()
 
@@ -102,6 +102,7 @@ class WorkerProcess:
                 self.logs.append(entry)
             if entry.get("msg") == "listening":
                 self.grpc_port, self.metrics_port = entry["grpc_port"], entry["metrics_port"]
+                self.peer_port = entry.get("peer_port")
                 self._listening.set()
             elif entry.get("msg") == "serving":
                 self._serving.set()

@@ -21,11 +21,13 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "loader/aws_credentials.h"
+#include "loader/peer.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
 #include "google/protobuf/stubs/logging.h"
 #include "nlohmann/json.hpp"
 #include "worker/serve/metrics.h"
+#include "worker/serve/peer_server.h"
 #include "worker/serve/service.h"
 #include "worker/serve/serving_model.h"
 
@@ -43,6 +45,9 @@ ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (opt
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
 ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP " [EMBER_NO_SIGN_REQUEST]");
+ABSL_FLAG(int, peer_port, -1, "Serve the loaded model's files to other workers on this HTTP port, 0 for a free one, -1 not at all; needs the peer token [EMBER_PEER_PORT]");
+ABSL_FLAG(std::string, peers, "", "Workers to fetch weight ranges from while loading: HOST:PORT or dns:NAME:PORT (every address of NAME), comma-separated; needs the peer token [EMBER_PEERS]");
+ABSL_FLAG(std::string, peer_token_file, "", "File holding the token peers share (else the EMBER_PEER_TOKEN variable) [EMBER_PEER_TOKEN_FILE]");
 
 namespace {
 
@@ -71,6 +76,9 @@ const std::pair<const char*, const char*> kEnvFlags[] = {
     {"backend", "EMBER_BACKEND"},
     {"log_level", "EMBER_LOG_LEVEL"},
     {"no_sign_request", "EMBER_NO_SIGN_REQUEST"},
+    {"peer_port", "EMBER_PEER_PORT"},
+    {"peers", "EMBER_PEERS"},
+    {"peer_token_file", "EMBER_PEER_TOKEN_FILE"},
 };
 
 int Usage(const std::string& message) {
@@ -148,6 +156,19 @@ int main(int argc, char** argv) {
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (grpc_port < 0 || grpc_port > 65535) return Usage("--grpc_port must be in [0, 65535]");
   if (metrics_port < -1 || metrics_port > 65535) return Usage("--metrics_port must be in [-1, 65535]");
+  const int peer_port = absl::GetFlag(FLAGS_peer_port);
+  if (peer_port < -1 || peer_port > 65535) return Usage("--peer_port must be in [-1, 65535]");
+  {
+    auto peers = ember::loader::ParsePeerList(absl::GetFlag(FLAGS_peers));
+    if (!peers.ok()) return Usage(std::string(peers.status().message()));
+    serving.peers = *std::move(peers);
+  }
+  serving.serve_to_peers = peer_port >= 0;
+  if (serving.serve_to_peers || !serving.peers.empty()) {
+    auto token = ember::loader::ReadPeerToken(absl::GetFlag(FLAGS_peer_token_file));
+    if (!token.ok()) return Usage(std::string(token.status().message()));
+    serving.peer_token = *std::move(token);
+  }
 
   // SIGTERM and SIGINT are taken by one thread with sigwait; every other thread inherits
   // the blocked mask.
@@ -167,6 +188,16 @@ int main(int argc, char** argv) {
       return 1;
     }
     metrics_server = std::move(*started);
+  }
+
+  std::unique_ptr<ember::worker::PeerServer> peer_server;
+  if (serving.serve_to_peers) {
+    auto started = ember::worker::PeerServer::Start(peer_port, serving.peer_token);
+    if (!started.ok()) {
+      ember::Log(ember::LogLevel::kError, "worker", started.status().message());
+      return 1;
+    }
+    peer_server = std::move(*started);
   }
 
   // The gRPC server opens first; health says NOT_SERVING until the model is ready.
@@ -194,6 +225,7 @@ int main(int argc, char** argv) {
   ember::LogInfo("worker", "listening",
                  {{"grpc_port", bound_port},
                   {"metrics_port", metrics_server ? metrics_server->port() : -1},
+                  {"peer_port", peer_server ? peer_server->port() : -1},
                   {"model", serving.source},
                   {"t_s", SecondsSince(process_start)}});
 
@@ -254,10 +286,15 @@ int main(int argc, char** argv) {
       coldstart["serving_s"] = serving_s;
       coldstart["cache"] = model->cache_outcome();
       coldstart["weight_bytes"] = model->info().weight_bytes();
+      coldstart["bytes_from_peers"] = model->bytes_from_peers();
+      coldstart["bytes_from_store"] = model->info().weight_bytes() - model->bytes_from_peers();
+      metrics.LoadBytes(model->bytes_from_peers(),
+                        model->info().weight_bytes() - model->bytes_from_peers());
       coldstart["backend"] = model->info().backend();
       coldstart["model"] = model->info().source();
     }
     service.SetModel(model.get());
+    if (peer_server) peer_server->SetModel(model->served());
     if (!draining.load()) {  // a SIGTERM during the load keeps it NOT_SERVING
       health->SetServingStatus(true);
       health->SetServingStatus(kServiceName, true);
@@ -266,6 +303,7 @@ int main(int argc, char** argv) {
                    {{"t_s", serving_s},
                     {"backend", model->info().backend()},
                     {"weight_bytes", model->info().weight_bytes()},
+                    {"bytes_from_peers", model->bytes_from_peers()},
                     {"kv_cache_tokens", model->info().kv_cache_tokens()},
                     {"context_length", model->info().context_length()}});
   });
@@ -294,6 +332,7 @@ int main(int argc, char** argv) {
   // Gives streams a moment to send their last message, then closes every call.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   health->Shutdown();
+  peer_server.reset();
   model.reset();
   ember::LogInfo("worker", "stopped", {{"drained", drained}, {"drain_s", SecondsSince(drain_start)}});
   return exit_code;

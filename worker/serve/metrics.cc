@@ -90,6 +90,12 @@ void Metrics::ColdStartPhase(const std::string& phase, double seconds) {
   coldstart_[phase] = seconds;
 }
 
+void Metrics::LoadBytes(uint64_t from_peers, uint64_t from_store) {
+  absl::MutexLock lock(&mu_);
+  load_bytes_["peer"] = from_peers;
+  load_bytes_["store"] = from_store;
+}
+
 int64_t Metrics::requests(const std::string& outcome) const {
   absl::MutexLock lock(&mu_);
   auto it = requests_.find(outcome);
@@ -130,6 +136,13 @@ std::string Metrics::Render() const {
   for (const auto& [phase, seconds] : coldstart_) {
     absl::StrAppend(&out, "ember_coldstart_phase_seconds{phase=\"", phase, "\"} ", Number(seconds),
                     "\n");
+  }
+  if (!load_bytes_.empty()) {
+    Header(&out, "ember_load_bytes", "gauge",
+           "Weight bytes the load fetched, by source (peer: another worker; store: the origin).");
+    for (const auto& [source, bytes] : load_bytes_) {
+      absl::StrAppend(&out, "ember_load_bytes{source=\"", source, "\"} ", bytes, "\n");
+    }
   }
   return out;
 }

@@ -47,6 +47,8 @@ class Metrics {
   void TimeToFirstToken(double seconds);
   void InterTokenLatency(double seconds);
   void ColdStartPhase(const std::string& phase, double seconds);
+  // Where the model's weight bytes came from at the load.
+  void LoadBytes(uint64_t from_peers, uint64_t from_store);
 
   // The Prometheus text exposition (version 0.0.4).
   std::string Render() const;
@@ -68,6 +70,7 @@ class Metrics {
   Histogram itl_ ABSL_GUARDED_BY(mu_);
   Histogram batch_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, double> coldstart_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> load_bytes_ ABSL_GUARDED_BY(mu_);
 };
 
 // GET /metrics (and /healthz, a plain liveness check for HTTP-only tooling) on a port.

@@ -74,6 +74,9 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
     return LoadTargetFor(choice) == loader::Target::kDevice;
   };
   load.require_tokenizer = false;  // a model without one serves token ids
+  load.peers = options.peers;
+  load.peer_token = options.peer_token;
+  load.serve_to_peers = options.serve_to_peers;
   load.on_progress = options.on_progress;
   // config.json, the tokenizer and the chat template are parsed while the weights stream.
   std::shared_future<absl::Status> parsed;

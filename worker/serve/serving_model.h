@@ -31,6 +31,9 @@ struct ServingOptions {
   double kv_memory_fraction = 0.9;
   int64_t kv_blocks = 0;  // > 0: exactly this many
   std::string cache_dir;  // optional node cache (mirror of the source)
+  std::vector<std::string> peers;  // workers to fetch weight ranges from (loader/peer.h)
+  std::string peer_token;
+  bool serve_to_peers = false;     // keep checksums and what peers need (served())
   // When the process started: load timings are seconds after it.
   Clock::time_point process_start = Clock::now();
   std::function<void(const loader::LoadProgress&)> on_progress;
@@ -57,6 +60,10 @@ class ServingModel {
   v1::ModelInfo& mutable_info() { return info_; }
   // How the node cache served the load: disabled, hit, filled or bypassed.
   const std::string& cache_outcome() const { return cache_outcome_; }
+  // What other workers may fetch (with ServingOptions::serve_to_peers), else null.
+  std::shared_ptr<const loader::ServedModel> served() const { return loaded_.served; }
+  // Of the weight bytes, those peers sent.
+  uint64_t bytes_from_peers() const { return loaded_.bytes_from_peers; }
   // backend (CUDA context), headers, weights (first byte to last byte in place), kv_cache,
   // warmup.
   const std::vector<Phase>& phases() const { return phases_; }

@@ -462,3 +462,39 @@ def test_node_cache_component_adds_a_host_cache_and_nothing_else(tmp_path, rende
     c["env"] = [e for e in c["env"] if e["name"] != "EMBER_CACHE_DIR"]
     c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != cache_dir]
     assert c == base
+
+
+# --- optional peer fetch --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["keda", "always-on"])
+def test_peers_component_wires_the_headless_service_port_and_token(tmp_path, rendered, overlay):
+    shutil.copytree(K8S, tmp_path / "k8s")
+    kustomization = tmp_path / "k8s" / "overlays" / overlay / "kustomization.yaml"
+    document = load_yaml(kustomization)
+    document.setdefault("components", []).append("../../components/peers")
+    kustomization.write_text(yaml.safe_dump(document))
+    with_peers = kustomize(kustomization.parent)
+    for obj in with_peers:
+        if not is_custom(obj):
+            kubernetes_validate.validate(obj, MIN_KUBERNETES, strict=True)
+    template = one(with_peers, "Deployment")["spec"]["template"]
+    c = worker_container(template)
+    env = env_of(c)
+    port = int(env["EMBER_PEER_PORT"])
+    assert {"name": "peer", "containerPort": port} in c["ports"]
+    peers = next(s for s in find(with_peers, "Service") if s["metadata"]["name"] == "ember-peers")
+    assert peers["spec"]["clusterIP"] == "None" and not peers["spec"]["publishNotReadyAddresses"]
+    for key, value in peers["spec"]["selector"].items():
+        assert template["metadata"]["labels"].get(key) == value, "the headless Service selects no workers"
+    assert peers["spec"]["ports"][0]["targetPort"] == "peer"
+    # The worker asks that Service's name, on the port it serves, with a token from a Secret.
+    assert env["EMBER_PEERS"] == f"dns:{peers['metadata']['name']}:{port}"
+    token = next(e for e in c["env"] if e["name"] == "EMBER_PEER_TOKEN")
+    assert "value" not in token and token["valueFrom"]["secretKeyRef"]["name"]
+    # Apart from the peer wiring, the worker is unchanged.
+    base = worker_container(one(rendered[overlay], "Deployment")["spec"]["template"])
+    c = copy.deepcopy(c)
+    c["env"] = [e for e in c["env"] if not e["name"].startswith("EMBER_PEER")]
+    c["ports"] = [p for p in c["ports"] if p["name"] != "peer"]
+    assert c == base

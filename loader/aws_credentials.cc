@@ -132,13 +132,11 @@ class WebIdentitySource : public AwsCredentialSource {
           absl::StrCat("AWS_WEB_IDENTITY_TOKEN_FILE ", token_file_, " is empty"));
     }
     // AssumeRoleWithWebIdentity is not signed: the token is the proof.
-    HttpRequest call{.method = "POST",
-                  .url = sts_url_,
-                  .headers = {"Content-Type: application/x-www-form-urlencoded"},
-                  .body = absl::StrCat("Action=AssumeRoleWithWebIdentity&Version=2011-06-15",
-                                       "&RoleArn=", FormEncode(role_arn_),
-                                       "&RoleSessionName=", FormEncode(session_name_),
-                                       "&WebIdentityToken=", FormEncode(token))};
+    HttpRequest call("POST", sts_url_, {"Content-Type: application/x-www-form-urlencoded"});
+    call.body = absl::StrCat("Action=AssumeRoleWithWebIdentity&Version=2011-06-15",
+                             "&RoleArn=", FormEncode(role_arn_),
+                             "&RoleSessionName=", FormEncode(session_name_),
+                             "&WebIdentityToken=", FormEncode(token));
     HttpReply reply;
     EMBER_ASSIGN_OR_RETURN(reply, CallAws(call));
     pugi::xml_document doc;
@@ -175,7 +173,7 @@ class ContainerSource : public AwsCredentialSource {
         token_file_(std::move(token_file)) {}
 
   absl::StatusOr<AwsCredentials> Fetch() override {
-    HttpRequest call{.url = url_, .timeout_ms = 2000};
+    HttpRequest call("GET", url_, {}, /*timeout_ms=*/2000);
     std::string token = token_;
     if (!token_file_.empty()) {  // read each time: EKS Pod Identity rotates it
       EMBER_ASSIGN_OR_RETURN(token, ReadFile(token_file_, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"));
@@ -207,11 +205,9 @@ class MetadataSource : public AwsCredentialSource {
   // Unavailable when nothing answers at the endpoint (not on EC2): the lookup goes on.
   absl::StatusOr<AwsCredentials> Fetch() override {
     // As the SDKs do: one attempt of one second, as off EC2 nothing answers.
-    HttpRequest token_call{.method = "PUT",
-                        .url = absl::StrCat(endpoint_, "/latest/api/token"),
-                        .headers = {"X-aws-ec2-metadata-token-ttl-seconds: 21600"},
-                        .timeout_ms = 1000,
-                        .attempts = 1};
+    HttpRequest token_call("PUT", absl::StrCat(endpoint_, "/latest/api/token"),
+                           {"X-aws-ec2-metadata-token-ttl-seconds: 21600"}, /*timeout_ms=*/1000,
+                           /*attempts=*/1);
     HttpReply token;
     EMBER_ASSIGN_OR_RETURN(token, CallAws(token_call));
     if (token.status != 200 || token.body.empty()) {
@@ -221,7 +217,7 @@ class MetadataSource : public AwsCredentialSource {
     const std::string header = absl::StrCat("X-aws-ec2-metadata-token: ", token.body);
     const std::string base = absl::StrCat(endpoint_, "/latest/meta-data/iam/security-credentials/");
     HttpReply roles;
-    EMBER_ASSIGN_OR_RETURN(roles, CallAws({.url = base, .headers = {header}, .timeout_ms = 2000}));
+    EMBER_ASSIGN_OR_RETURN(roles, CallAws(HttpRequest("GET", base, {header}, 2000)));
     const std::string role(absl::StripAsciiWhitespace(
         absl::string_view(roles.body).substr(0, roles.body.find('\n'))));
     if (roles.status != 200 || role.empty()) {
@@ -229,8 +225,7 @@ class MetadataSource : public AwsCredentialSource {
           "GET ", base, ": HTTP ", roles.status, "; does the instance have an IAM role?"));
     }
     HttpReply creds;
-    EMBER_ASSIGN_OR_RETURN(
-        creds, CallAws({.url = base + role, .headers = {header}, .timeout_ms = 2000}));
+    EMBER_ASSIGN_OR_RETURN(creds, CallAws(HttpRequest("GET", base + role, {header}, 2000)));
     if (creds.status != 200) {
       return absl::PermissionDeniedError(
           absl::StrCat("GET ", base, role, ": HTTP ", creds.status));

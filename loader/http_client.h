@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -106,12 +107,16 @@ absl::StatusOr<std::vector<HttpResponse>> GetConcurrently(const std::vector<Smal
 // whatever its status; an error only when no reply came (after `attempts` tries on
 // connection errors and 5xx). Messages name the method and URL, never a header or the body.
 struct HttpRequest {
-  std::string method = "GET";  // GET, POST (with body) or another verb without a body
+  HttpRequest(std::string method, std::string url, std::vector<std::string> headers = {},
+              long timeout_ms = 5000, int attempts = 3)
+      : method(std::move(method)), url(std::move(url)), headers(std::move(headers)),
+        timeout_ms(timeout_ms), attempts(attempts) {}
+  std::string method;  // GET, POST (with body) or another verb without a body
   std::string url;
   std::vector<std::string> headers;
+  long timeout_ms;
+  int attempts;
   std::string body;
-  long timeout_ms = 5000;
-  int attempts = 3;
   std::string ca_bundle;  // empty: the system store
 };
 struct HttpReply {

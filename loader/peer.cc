@@ -471,10 +471,9 @@ class PeerStore : public ObjectStore {
 
   std::pair<std::optional<Peer>, std::string> Ask(const std::string& base,
                                                    const std::vector<ObjectInfo>& objects) {
-    HttpRequest request{.url = base + "/v1/peer/manifest",
-                        .headers = {"Authorization: Bearer " + options_.token},
-                        .timeout_ms = static_cast<long>(options_.manifest_timeout_s * 1000),
-                        .attempts = 1};
+    const HttpRequest request("GET", base + "/v1/peer/manifest",
+                              {"Authorization: Bearer " + options_.token},
+                              static_cast<long>(options_.manifest_timeout_s * 1000), /*attempts=*/1);
     absl::StatusOr<HttpReply> reply = Perform(request);
     if (!reply.ok()) return {std::nullopt, std::string(reply.status().message())};
     if (reply->status == 403) return {std::nullopt, "HTTP 403: the peer refused the token"};

@@ -103,6 +103,19 @@ TEST_F(DeviceLoad, LoadsEveryTensorIntoVramByteExact) {
   ExpectOnDeviceByteExact(*model, model_dir);
 }
 
+TEST_F(DeviceLoad, ServesWhatItLoadedToPeersFromVramByteExact) {
+  TempDir dir;
+  const std::string model_dir = dir.path() + "/m";
+  ASSERT_TRUE(MakeTestModel(model_dir, {"--layout", "sharded", "--shards", "2", "--misaligned",
+                                        "--dtypes", "all", "--total-mb", "6"}));
+  LoadOptions options = SmallDeviceRing();
+  options.serve_to_peers = true;
+  auto model = LoadModel(model_dir, options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(model->arena->on_device());
+  ::ember::testing::ExpectServedByteExact(*model, model_dir);
+}
+
 TEST_F(DeviceLoad, LoadsIntoHostMemoryWhenTheCallerWillNotComputeOnTheDevice) {
   TempDir dir;
   ASSERT_TRUE(MakeTestModel(dir.path() + "/m", {"--layout", "single", "--total-mb", "2"}));

@@ -29,6 +29,26 @@ TEST(FileLoad, LoadsADirectoryByteExactWithParallelReads) {
   }
 }
 
+TEST(FileLoad, ServesWhatItLoadedToPeersByteExact) {
+  TempDir dir;
+  const std::string model_dir = dir.path() + "/m";
+  ASSERT_TRUE(MakeTestModel(model_dir, {"--layout", "sharded", "--shards", "2", "--misaligned",
+                                        "--dtypes", "all", "--total-mb", "6"}));
+  LoadOptions options;
+  options.chunk_bytes = 1 << 20;
+  options.staging_bytes = 3 << 20;
+  options.serve_to_peers = true;
+  auto model = LoadModel(model_dir, options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ::ember::testing::ExpectServedByteExact(*model, model_dir);
+  // Mirrored loads (a node-cache fill) stream from byte 0: chunks straddle checksum blocks.
+  options.mirror_dir = dir.path() + "/mirror";
+  options.chunk_bytes = (1 << 20) + 4097;
+  model = LoadModel(model_dir, options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ::ember::testing::ExpectServedByteExact(*model, model_dir);
+}
+
 TEST(FileLoad, RejectsATruncatedShardWithoutLoadingAnything) {
   TempDir dir;
   const std::string model_dir = dir.path() + "/m";

@@ -21,4 +21,9 @@ void ForEachLoadedTensor(
 // Every tensor, in host memory, equals its bytes in the source file.
 void ExpectByteExact(const loader::LoadedModel& model, const std::string& model_dir);
 
+// What the model offers peers (LoadOptions::serve_to_peers): every weight file read back
+// through ServedModel::Read in uneven pieces equals the source file, and every block
+// checksum equals one computed from the source file.
+void ExpectServedByteExact(const loader::LoadedModel& model, const std::string& model_dir);
+
 }  // namespace ember::testing

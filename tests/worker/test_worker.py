@@ -308,6 +308,8 @@ def test_32_concurrent_requests_equal_each_alone(tiny, stub, pb):
      "sampling.temperature"),
     (lambda pb: pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=-0.5)),
      "sampling.temperature"),
+    (lambda pb: pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=2e6)),
+     "sampling.temperature"),
     (lambda pb: pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(top_p=0)), "sampling.top_p"),
     (lambda pb: pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(top_p=1.5)), "sampling.top_p"),
     (lambda pb: pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(top_k=-1)), "sampling.top_k"),
@@ -349,6 +351,24 @@ def test_invalid_utf8_is_invalid_argument_naming_the_field(tiny, pb):
             list(call(broken, timeout=TIMEOUT))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert "prompt" in err.value.details() and "UTF-8" in err.value.details()
+
+
+@pytest.mark.parametrize("body", [b"\x0a\xff\xff\xff\xff", b"\xff\xff\xff", b"\x0a\x05ab"],
+                         ids=["bad-length", "garbage", "truncated"])
+@pytest.mark.parametrize("method,streaming", [("Generate", True), ("Tokenize", False),
+                                              ("GetModelInfo", False), ("Abort", False)])
+def test_a_body_that_is_no_message_is_invalid_argument(tiny, method, streaming, body):
+    """Not UNIMPLEMENTED with no message, which gRPC's generated handlers would answer."""
+    with tiny.channel() as channel:
+        make = channel.unary_stream if streaming else channel.unary_unary
+        call = make(f"/ember.v1.Inference/{method}", request_serializer=lambda b: b,
+                    response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            result = call(body, timeout=TIMEOUT)
+            if streaming:
+                list(result)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.value.code(), err.value.details())
+    assert err.value.details() == "the request is not a valid message"
 
 
 def test_duplicate_running_request_id_is_already_exists(start_worker, pb):

@@ -140,6 +140,10 @@ absl::StatusOr<std::vector<int32_t>> ChatIds(const v1::ChatMessages& chat,
   return Encode("chat", *text, /*add_special=*/false, model);
 }
 
+// Beyond this every token is equally likely and the sampler's exp() underflows the
+// distinction anyway; docs/api.md promises it as the limit.
+constexpr float kMaxTemperature = 1e6f;
+
 absl::Status CheckFinite(absl::string_view field, float v, float lo, float hi,
                          absl::string_view range) {
   if (!std::isfinite(v) || v < lo || v > hi) {
@@ -194,8 +198,8 @@ absl::StatusOr<GenerationRequest> BuildGenerationRequest(const v1::GenerateReque
   // Sampling.
   const v1::SamplingParams& s = request.sampling();
   GenerationParams& p = out.params;
-  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.temperature", s.temperature(), 0,
-                                    std::numeric_limits<float>::max(), "a finite number >= 0"));
+  EMBER_RETURN_IF_ERROR(CheckFinite("sampling.temperature", s.temperature(), 0, kMaxTemperature,
+                                    "in [0, 1e6]"));
   p.sampling.temperature = s.temperature();
   if (s.top_k() < 0) return Invalid("sampling.top_k", absl::StrCat("must be >= 0, got ", s.top_k()));
   p.sampling.top_k = s.top_k();

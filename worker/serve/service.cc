@@ -38,6 +38,15 @@ void Append(const TokenChunk& chunk, v1::GenerateResponse* out) {
   }
 }
 
+constexpr char kNotAMessage[] = "the request is not a valid message";
+
+// A request body as the message it should be; false when it does not parse.
+template <typename Message>
+bool ParseRequest(const grpc::ByteBuffer& raw, Message* message) {
+  grpc::ByteBuffer copy(raw);  // shares the slices; Deserialize consumes its argument
+  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
+}
+
 }  // namespace
 
 // One Generate call. The scheduler delivers tokens from its thread into `pending_`; at
@@ -45,7 +54,7 @@ void Append(const TokenChunk& chunk, v1::GenerateResponse* out) {
 // response, so a slow reader costs one growing message, never a growing queue. The
 // reactor frees itself in OnDone; the scheduler may hold this object (as the request's
 // sink) a little longer, so it is shared and forgets the call on OnDone.
-class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                            public RequestSink {
  public:
   GenerateCall(grpc::CallbackServerContext* context, Metrics* metrics)
@@ -192,7 +201,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
         action = kFinish;
       }
     }
-    if (action == kWrite) StartWrite(&in_flight_);
+    if (action == kWrite) {
+      bool own;
+      in_flight_bytes_.Clear();  // the serializer wants an empty buffer
+      grpc::SerializationTraits<v1::GenerateResponse>::Serialize(in_flight_, &in_flight_bytes_, &own);
+      StartWrite(&in_flight_bytes_);
+    }
     if (action == kFinish) Finish(status);
   }
 
@@ -204,6 +218,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   std::string request_id_;
   v1::GenerateResponse pending_;
   v1::GenerateResponse in_flight_;
+  grpc::ByteBuffer in_flight_bytes_;  // in_flight_ serialized, alive until OnWriteDone
   bool has_pending_ = false;
   bool writing_ = false;
   bool write_failed_ = false;
@@ -245,11 +260,18 @@ absl::StatusOr<ServingModel*> InferenceService::Ready() {
   return absl::UnavailableError("the model is still loading; retry (or call Generate, which waits)");
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
   const Clock::time_point arrival = Clock::now();  // usage and TTFT count the wait for the model
   auto call = std::make_shared<GenerateCall>(context, metrics_);
   call->Start(call);
+  v1::GenerateRequest parsed;
+  if (!ParseRequest(*raw_request, &parsed)) {
+    metrics_->RequestFinished("rejected");
+    call->Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, kNotAMessage));
+    return call.get();
+  }
+  const v1::GenerateRequest* request = &parsed;
   call->SetRequestId(request->request_id());
   ServingModel* model;
   absl::Status failed;
@@ -304,53 +326,76 @@ void InferenceService::Submit(const std::shared_ptr<GenerateCall>& sink,
   }
 }
 
-grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
-                                                     const v1::TokenizeRequest* request,
-                                                     v1::TokenizeResponse* response) {
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* InferenceService::Unary(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request,
+    grpc::ByteBuffer* raw_response,
+    grpc::Status (InferenceService::*method)(const Request&, Response*)) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Request request;
+  if (!ParseRequest(*raw_request, &request)) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, kNotAMessage));
+    return reactor;
+  }
+  Response response;
+  grpc::Status status = (this->*method)(request, &response);
+  if (status.ok()) {
+    bool own;
+    status = grpc::SerializationTraits<Response>::Serialize(response, raw_response, &own);
+  }
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return Unary(context, request, response, &InferenceService::Tokenize);
+}
+
+grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  return Unary(context, request, response, &InferenceService::GetModelInfo);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Abort(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  return Unary(context, request, response, &InferenceService::Abort);
+}
+
+grpc::Status InferenceService::Tokenize(const v1::TokenizeRequest& request,
+                                        v1::TokenizeResponse* response) {
   auto model = Ready();
-  if (!model.ok()) {
-    reactor->Finish(ToGrpc(model.status()));
-    return reactor;
-  }
-  auto ids = TokenizeIds(*request, (*model)->limits());
-  if (!ids.ok()) {
-    reactor->Finish(ToGrpc(ids.status()));
-    return reactor;
-  }
+  if (!model.ok()) return ToGrpc(model.status());
+  auto ids = TokenizeIds(request, (*model)->limits());
+  if (!ids.ok()) return ToGrpc(ids.status());
   const Tokenizer* tokenizer = (*model)->tokenizer();
   for (int32_t id : *ids) {
     response->add_token_ids(id);
     response->add_tokens(tokenizer->Decode({id}, /*skip_special_tokens=*/false));
   }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                         const v1::GetModelInfoRequest* request,
-                                                         v1::ModelInfo* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+grpc::Status InferenceService::GetModelInfo(const v1::GetModelInfoRequest& /*request*/,
+                                            v1::ModelInfo* response) {
   auto model = Ready();
-  if (model.ok()) *response = (*model)->info();
-  reactor->Finish(model.ok() ? grpc::Status::OK : ToGrpc(model.status()));
-  return reactor;
+  if (!model.ok()) return ToGrpc(model.status());
+  *response = (*model)->info();
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* InferenceService::Abort(grpc::CallbackServerContext* context,
-                                                  const v1::AbortRequest* request,
-                                                  v1::AbortResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (request->request_id().empty()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty"));
-    return reactor;
+grpc::Status InferenceService::Abort(const v1::AbortRequest& request, v1::AbortResponse* response) {
+  if (request.request_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: empty");
   }
   auto model = Ready();
   if (model.ok()) {
-    response->set_found((*model)->scheduler().Abort(request->request_id(), FinishReason::kAborted));
+    response->set_found((*model)->scheduler().Abort(request.request_id(), FinishReason::kAborted));
   }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
 }  // namespace ember::worker

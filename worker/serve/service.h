@@ -1,6 +1,10 @@
 // ember.v1.Inference over gRPC's callback API. The service exists before the model: the
 // port opens at start-up, Generate calls that arrive while the model loads wait for it
 // (within their deadline), and the other calls answer UNAVAILABLE until it is ready.
+//
+// Every method is registered raw (ByteBuffer in and out) and parses its request itself:
+// gRPC's generated callback handlers answer a body that does not parse with UNIMPLEMENTED
+// and no message, where a client must learn that its request is invalid.
 #pragma once
 
 #include <functional>
@@ -18,7 +22,11 @@ namespace ember::worker {
 
 class GenerateCall;  // one Generate stream (service.cc)
 
-class InferenceService final : public v1::Inference::CallbackService {
+using RawInferenceService = v1::Inference::WithRawCallbackMethod_Generate<
+    v1::Inference::WithRawCallbackMethod_Tokenize<v1::Inference::WithRawCallbackMethod_GetModelInfo<
+        v1::Inference::WithRawCallbackMethod_Abort<v1::Inference::Service>>>>;
+
+class InferenceService final : public RawInferenceService {
  public:
   explicit InferenceService(Metrics* metrics) : metrics_(metrics) {}
 
@@ -27,19 +35,29 @@ class InferenceService final : public v1::Inference::CallbackService {
   // The model failed to load: waiting and later calls get UNAVAILABLE with `status`.
   void SetFailed(const absl::Status& status);
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
-                                     const v1::TokenizeRequest* request,
-                                     v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
-                                  const v1::AbortRequest* request,
-                                  v1::AbortResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
 
  private:
+  // The unary methods on parsed messages.
+  grpc::Status Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response);
+  grpc::Status GetModelInfo(const v1::GetModelInfoRequest& request, v1::ModelInfo* response);
+  grpc::Status Abort(const v1::AbortRequest& request, v1::AbortResponse* response);
+  // Parses the raw request, runs `method` and serializes its response.
+  template <typename Request, typename Response>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* raw_request, grpc::ByteBuffer* raw_response,
+                                  grpc::Status (InferenceService::*method)(const Request&, Response*));
+
   // Settles the model's state once: ready (`model`) or failed; runs the waiting calls.
   void Settle(ServingModel* model, const absl::Status& failed);
   // Validates and queues one Generate call, or ends it with the load's failure.

@@ -10,9 +10,10 @@
 
 namespace ember {
 
-// Sets the usage message, shows only flags defined in files whose path contains
-// `flags_file` under --help, rewrites "--foo-bar" to "--foo_bar" (before any "--") and
-// parses. Returns the positional arguments, argv[0] first.
+// Sets the usage message, rewrites "--foo-bar" to "--foo_bar" (before any "--") and parses.
+// --help prints the usage and the flags defined in files whose path contains `flags_file`
+// (--helpfull: all flags) on stdout and exits 0. Returns the positional arguments, argv[0]
+// first.
 std::vector<std::string> ParseCli(int argc, char** argv, const char* usage,
                                   absl::string_view flags_file);
 

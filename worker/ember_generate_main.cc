@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
 #include "loader/aws_credentials.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
@@ -40,6 +41,7 @@ ABSL_FLAG(uint64_t, seed, 0, "Sampling seed (prompt i of a batch uses seed + i)"
 ABSL_FLAG(int, batch, 1, "Run this many copies of a single prompt together (benchmarking)");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating after an end-of-sequence token");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable)");
+ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit)");
 ABSL_FLAG(std::string, logits_out, "",
           "Write the float32 logits of every generated position to this .npy file: shape "
           "[steps, vocab] for one prompt (row 0: after the prompt), [prompts, steps, vocab] "
@@ -139,6 +141,8 @@ int main(int argc, char** argv) {
   if (quiet) ember::SetLogLevel(ember::LogLevel::kWarning);
 
   // Backend.
+  if (absl::GetFlag(FLAGS_threads) < 0) return Usage("--threads must be >= 0");
+  ember::kernels::cpu::SetThreads(absl::GetFlag(FLAGS_threads));
   auto backend = ember::worker::ChooseBackend(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) return Fail(backend.status());
 

@@ -20,6 +20,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "kernels/cpu/thread_pool.h"
 #include "loader/aws_credentials.h"
 #include "loader/peer.h"
 #include "loader/cli_args.h"
@@ -43,6 +44,7 @@ ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks of 16 tokens (0: from --kv_mem
 ABSL_FLAG(double, drain_timeout_s, 30, "Seconds in-flight requests may take to finish after SIGTERM [EMBER_DRAIN_TIMEOUT_S]");
 ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (optional) [EMBER_CACHE_DIR]");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
+ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit) [EMBER_THREADS]");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
 ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP " [EMBER_NO_SIGN_REQUEST]");
 ABSL_FLAG(int, peer_port, -1, "Serve the loaded model's files to other workers on this HTTP port, 0 for a free one, -1 not at all; needs the peer token [EMBER_PEER_PORT]");
@@ -74,6 +76,7 @@ const std::pair<const char*, const char*> kEnvFlags[] = {
     {"drain_timeout_s", "EMBER_DRAIN_TIMEOUT_S"},
     {"cache_dir", "EMBER_CACHE_DIR"},
     {"backend", "EMBER_BACKEND"},
+    {"threads", "EMBER_THREADS"},
     {"log_level", "EMBER_LOG_LEVEL"},
     {"no_sign_request", "EMBER_NO_SIGN_REQUEST"},
     {"peer_port", "EMBER_PEER_PORT"},
@@ -152,6 +155,8 @@ int main(int argc, char** argv) {
     return Usage("--kv_memory_fraction must be in (0, 1]");
   }
   if (!(drain_timeout_s >= 0)) return Usage("--drain_timeout_s must be >= 0");
+  if (absl::GetFlag(FLAGS_threads) < 0) return Usage("--threads must be >= 0");
+  ember::kernels::cpu::SetThreads(absl::GetFlag(FLAGS_threads));
   const int grpc_port = absl::GetFlag(FLAGS_grpc_port);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (grpc_port < 0 || grpc_port > 65535) return Usage("--grpc_port must be in [0, 65535]");
@@ -302,6 +307,7 @@ int main(int argc, char** argv) {
     ember::LogInfo("worker", "serving",
                    {{"t_s", serving_s},
                     {"backend", model->info().backend()},
+                    {"cpu_threads", model->info().backend() == "cpu" ? ember::kernels::cpu::Threads() : 0},
                     {"weight_bytes", model->info().weight_bytes()},
                     {"bytes_from_peers", model->bytes_from_peers()},
                     {"kv_cache_tokens", model->info().kv_cache_tokens()},

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
 namespace {
@@ -39,50 +40,48 @@ void Attention(const AttentionArgs& a) {
   const int group = a.q_heads / kv_heads;
   const int block_size = a.cache.block_size;
   const int width = kv_heads * hd;
-#pragma omp parallel
-  {
+  // One (token, head) pair per item.
+  ParallelFor(static_cast<int64_t>(a.n) * a.q_heads, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<float> acc(hd);
     std::vector<float> scratch(width);
-#pragma omp for collapse(2) schedule(static)
-    for (int t = 0; t < a.n; ++t) {
-      for (int h = 0; h < a.q_heads; ++h) {
-        const int pos = a.token_pos[t];
-        const int first = a.sliding_window > 0 ? std::max(0, pos - a.sliding_window + 1) : 0;
-        const int32_t* table =
-            a.block_tables + static_cast<int64_t>(a.token_seq[t]) * a.max_blocks_per_seq;
-        const float* q = a.q + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
-        const int kvh = h / group;
-        scores.resize(pos - first + 1);
-        float max_score = -INFINITY;
-        for (int p = first; p <= pos; ++p) {
-          const int64_t slot =
-              static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-          const float* krow = KvRow(a.cache.k, a.cache.type, slot, width, scratch.data()) + kvh * hd;
-          float s = 0;
-          for (int i = 0; i < hd; ++i) s += q[i] * krow[i];
-          s *= a.scale;
-          scores[p - first] = s;
-          max_score = std::max(max_score, s);
-        }
-        float denom = 0;
-        for (float& s : scores) {
-          s = std::exp(s - max_score);
-          denom += s;
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int p = first; p <= pos; ++p) {
-          const int64_t slot =
-              static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-          const float* vrow = KvRow(a.cache.v, a.cache.type, slot, width, scratch.data()) + kvh * hd;
-          const float w = scores[p - first];
-          for (int i = 0; i < hd; ++i) acc[i] += w * vrow[i];
-        }
-        float* out = a.out + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
-        for (int i = 0; i < hd; ++i) out[i] = acc[i] / denom;
+    for (int64_t item = begin; item < end; ++item) {
+      const int t = static_cast<int>(item / a.q_heads), h = static_cast<int>(item % a.q_heads);
+      const int pos = a.token_pos[t];
+      const int first = a.sliding_window > 0 ? std::max(0, pos - a.sliding_window + 1) : 0;
+      const int32_t* table =
+          a.block_tables + static_cast<int64_t>(a.token_seq[t]) * a.max_blocks_per_seq;
+      const float* q = a.q + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
+      const int kvh = h / group;
+      scores.resize(pos - first + 1);
+      float max_score = -INFINITY;
+      for (int p = first; p <= pos; ++p) {
+        const int64_t slot =
+            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
+        const float* krow = KvRow(a.cache.k, a.cache.type, slot, width, scratch.data()) + kvh * hd;
+        float s = 0;
+        for (int i = 0; i < hd; ++i) s += q[i] * krow[i];
+        s *= a.scale;
+        scores[p - first] = s;
+        max_score = std::max(max_score, s);
       }
+      float denom = 0;
+      for (float& s : scores) {
+        s = std::exp(s - max_score);
+        denom += s;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int p = first; p <= pos; ++p) {
+        const int64_t slot =
+            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
+        const float* vrow = KvRow(a.cache.v, a.cache.type, slot, width, scratch.data()) + kvh * hd;
+        const float w = scores[p - first];
+        for (int i = 0; i < hd; ++i) acc[i] += w * vrow[i];
+      }
+      float* out = a.out + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
+      for (int i = 0; i < hd; ++i) out[i] = acc[i] / denom;
     }
-  }
+  });
 }
 
 }  // namespace ember::kernels::cpu

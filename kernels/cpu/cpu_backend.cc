@@ -1,5 +1,5 @@
 // The CPU backend: host memory and the reference ops, run synchronously on the caller's
-// thread (each op fans out over OpenMP's threads).
+// thread (each op fans out over the pool's threads, thread_pool.h).
 #include "kernels/cpu/cpu_backend.h"
 
 #include <sys/mman.h>

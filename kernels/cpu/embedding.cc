@@ -1,5 +1,6 @@
 // CPU embedding gather and the small F32 conversions (norm weights, biases).
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
 
@@ -8,11 +9,12 @@ void ToF32(const Matrix& m, float* out) { RowToF32(m.data, m.type, m.rows * m.co
 void Embed(const Matrix& table, const int32_t* ids, int n, float* out) {
   const int64_t hidden = table.cols;
   const size_t row_bytes = static_cast<size_t>(hidden) * ScalarBytes(table.type);
-#pragma omp parallel for schedule(static)
-  for (int t = 0; t < n; ++t) {
-    const auto* row = static_cast<const uint8_t*>(table.data) + ids[t] * row_bytes;
-    RowToF32(row, table.type, hidden, out + t * hidden);
-  }
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const auto* row = static_cast<const uint8_t*>(table.data) + ids[t] * row_bytes;
+      RowToF32(row, table.type, hidden, out + t * hidden);
+    }
+  });
 }
 
 void GatherRows(const float* in, const int32_t* rows, int n_rows, int width, float* out) {

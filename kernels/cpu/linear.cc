@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
 namespace {
@@ -68,13 +69,13 @@ __attribute__((always_inline)) inline void RowDots(const float* x, int64_t strid
   }
 }
 
+// Weight rows [begin, end) of the layer (one thread's part).
 template <ScalarType T>
-EMBER_CPU_CLONES void LinearTyped(const float* x, int n, const Matrix& w, const float* bias,
-                                  float* y) {
+EMBER_CPU_CLONES void LinearRows(const float* x, int n, const Matrix& w, const float* bias,
+                                 float* y, int64_t begin, int64_t end) {
   const int64_t rows = w.rows, cols = w.cols;
   const size_t row_bytes = static_cast<size_t>(cols) * ScalarBytes(T);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = begin; r < end; ++r) {
     const void* wrow = static_cast<const uint8_t*>(w.data) + r * row_bytes;
     const float add = bias != nullptr ? bias[r] : 0.0f;
     float out[kTokenTile];
@@ -89,6 +90,13 @@ EMBER_CPU_CLONES void LinearTyped(const float* x, int n, const Matrix& w, const 
     if (left == 1) RowDots<T, 1>(x + t * cols, cols, wrow, cols, out);
     for (int j = 0; j < left; ++j) y[(t + j) * rows + r] = out[j] + add;
   }
+}
+
+template <ScalarType T>
+void LinearTyped(const float* x, int n, const Matrix& w, const float* bias, float* y) {
+  // The part is a target-cloned function of its own: code inlined into a lambda would be
+  // compiled for the baseline instruction set only.
+  ParallelFor(w.rows, [&](int64_t begin, int64_t end) { LinearRows<T>(x, n, w, bias, y, begin, end); });
 }
 
 // Row conversion for the small users (embedding rows, norm weights, a KV row), with the

@@ -1,5 +1,5 @@
 // The CPU reference ops, one file per op family (embedding.cc, rmsnorm.cc, ...), each
-// multithreaded with OpenMP and written as plain loops the compiler vectorizes. The
+// multithreaded on the backend's thread pool (thread_pool.h) and written as plain loops the compiler vectorizes. The
 // semantics of every op are those documented in kernels/backend.h.
 #pragma once
 

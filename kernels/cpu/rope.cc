@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
 namespace {
@@ -23,19 +24,19 @@ void RotateHeads(float* x, int heads, int head_dim, const float* cos_t, const fl
 void Rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int n,
           int q_heads, int kv_heads, int head_dim) {
   const int half = head_dim / 2;
-#pragma omp parallel for schedule(static)
-  for (int t = 0; t < n; ++t) {
-    // The angle in FP32, as transformers computes it (inv_freq · position in float32).
-    float cos_t[512], sin_t[512];
-    for (int i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-      cos_t[i] = std::cos(angle);
-      sin_t[i] = std::sin(angle);
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      // The angle in FP32, as transformers computes it (inv_freq · position in float32).
+      float cos_t[512], sin_t[512];
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        cos_t[i] = std::cos(angle);
+        sin_t[i] = std::sin(angle);
+      }
+      RotateHeads(q + t * q_heads * head_dim, q_heads, head_dim, cos_t, sin_t);
+      RotateHeads(k + t * kv_heads * head_dim, kv_heads, head_dim, cos_t, sin_t);
     }
-    RotateHeads(q + static_cast<int64_t>(t) * q_heads * head_dim, q_heads, head_dim, cos_t, sin_t);
-    RotateHeads(k + static_cast<int64_t>(t) * kv_heads * head_dim, kv_heads, head_dim, cos_t,
-                sin_t);
-  }
+  });
 }
 
 }  // namespace ember::kernels::cpu

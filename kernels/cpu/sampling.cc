@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
 namespace {
@@ -90,10 +91,9 @@ int32_t SampleRow(const float* logits, int vocab, const SamplingRow& row) {
 
 void Sample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
             int32_t* tokens) {
-#pragma omp parallel for schedule(static)
-  for (int s = 0; s < n_rows; ++s) {
-    tokens[s] = SampleRow(logits + static_cast<int64_t>(s) * vocab, vocab, rows[s]);
-  }
+  ParallelFor(n_rows, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) tokens[s] = SampleRow(logits + s * vocab, vocab, rows[s]);
+  });
 }
 
 }  // namespace ember::kernels::cpu

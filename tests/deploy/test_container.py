@@ -41,7 +41,6 @@ SONAME_PACKAGES = [
     (r"libprotobuf\.so", "libprotobuf32t64"),
     (r"libpugixml\.so", "libpugixml1v5"),
     (r"libre2\.so", "libre2-10"),
-    (r"libgomp\.so", "libgomp1"),  # OpenMP threads of the CPU backend
     (r"libutf8proc\.so", "libutf8proc3"),  # the tokenizer's Unicode normalization
     (r"libmicrohttpd\.so", "libmicrohttpd12t64"),  # the worker's /metrics endpoint
     (r"(libc|libm|libdl|librt|libpthread|libresolv)\.so|ld-linux[\w-]*\.so|linux-vdso\.so", BASE_IMAGE),

@@ -1,9 +1,14 @@
 // Usage, --help filtering and dash-to-underscore flag spelling for the CLIs.
 #include "loader/cli_args.h"
 
+#include <time.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include "absl/flags/commandlineflag.h"
@@ -11,6 +16,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -71,6 +77,26 @@ bool PrintHelpIfAsked(int argc, char** argv, const char* usage, absl::string_vie
 }
 
 }  // namespace
+
+double SecondsSinceProcessStart() {
+  std::ifstream in("/proc/self/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return 0;
+  // Field 22 (starttime) counts from the field after the command name, which may hold
+  // spaces and parentheses: start after its last ')'.
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(paren + 1));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+  }
+  double ticks = 0;
+  if (!absl::SimpleAtod(field, &ticks)) return 0;
+  timespec now{};
+  clock_gettime(CLOCK_BOOTTIME, &now);
+  const double since = now.tv_sec + now.tv_nsec * 1e-9 - ticks / sysconf(_SC_CLK_TCK);
+  return since > 0 ? since : 0;
+}
 
 std::vector<std::string> ParseCli(int argc, char** argv, const char* usage,
                                   absl::string_view flags_file) {

@@ -17,4 +17,9 @@ namespace ember {
 std::vector<std::string> ParseCli(int argc, char** argv, const char* usage,
                                   absl::string_view flags_file);
 
+// Seconds since the kernel started this process (/proc/self/stat's start time, in clock ticks
+// of 10 ms), so a timeline can include what runs before main(): the dynamic loader mapping
+// and relocating the shared libraries. 0 where /proc cannot be read.
+double SecondsSinceProcessStart();
+
 }  // namespace ember

@@ -256,27 +256,27 @@ def _stdin_is_watchable() -> bool:
 
 
 def wait_for_shutdown(child_exited=lambda: False) -> str:
-    """Blocks until SIGTERM/SIGINT, EOF on stdin (if it is a pipe/tty) or child_exited(); says which."""
-    done = threading.Event()
-    reason = []
+    """Blocks until SIGTERM/SIGINT, EOF on stdin (if it is a pipe/tty) or child_exited(); says which.
 
-    def finish(why: str) -> None:
-        reason.append(why)
-        done.set()
-
+    The signal handler only appends to a list: calling threading.Event.set() from it could
+    deadlock when the signal lands while the main thread holds the event's lock (it did,
+    once, in a test's teardown)."""
+    reason: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: finish(signal.Signals(signum).name))
+        signal.signal(sig, lambda signum, _frame: reason.append(signal.Signals(signum).name))
     if _stdin_is_watchable():
         def watch_stdin() -> None:
             # os.read, not sys.stdin: a daemon thread blocked inside a buffered reader makes
             # interpreter shutdown abort ("could not acquire lock for <stdin>").
             while os.read(sys.stdin.fileno(), 65536):
                 pass
-            finish("stdin closed")
+            reason.append("stdin closed")
         threading.Thread(target=watch_stdin, daemon=True).start()
-    while not done.wait(0.2):
+    while not reason:
         if child_exited():
-            finish("server exited")
+            reason.append("server exited")
+            break
+        time.sleep(0.05)
     return reason[0]
 
 

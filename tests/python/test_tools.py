@@ -415,11 +415,15 @@ def test_coldstart_report_draws_every_phase_in_time_order(tmp_path):
     assert text[0] == "zero to first token: 1.000 s"
     # Phases in start-up order (headers before weights), whatever order the line had.
     names = [line.split("|")[0].strip() for line in text[1:5]]
-    assert names == ["gRPC port open", "config + headers", "weights stream", "first request"]
+    assert names == ["gRPC port open", "listing + headers", "weights stream", "first request"]
     svg = (tmp_path / "t.svg").read_text()
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<rect") == 1 + 4
     assert "s3://m/&lt;x&gt;" in svg  # escaped
+    # The backend bar says which backend came up (never "CUDA context" on the CPU).
+    with_backend = dict(COLDSTART, phases=COLDSTART["phases"] + [{"name": "backend", "start_s": 0.004, "end_s": 0.01}])
+    out = run_report(tmp_path, [json.dumps(with_backend)])
+    assert "backend (CPU)" in out.stdout and "CUDA" not in out.stdout
     assert "SERVING 0.850 s" in svg and "first token 1.000 s" in svg
 
 

@@ -612,9 +612,16 @@ def test_coldstart_line_and_metrics_after_the_first_token(start_worker, pb, tmp_
     worker = start_worker("tiny")
     record = first_token(worker, pb)
     phases = {p["name"]: p for p in record["phases"]}
-    assert set(phases) == {"listening", "backend", "headers", "weights", "kv_cache", "warmup", "first_request"}
+    assert set(phases) == {"exec", "listening", "backend", "headers", "files", "weights", "kv_cache",
+                           "engine", "warmup", "first_request"}
     for p in record["phases"]:
         assert 0 <= p["start_s"] <= p["end_s"], p
+    # The timeline starts when the process did: what ran before main() is its first phase,
+    # and every moment from the last weight byte to SERVING belongs to a named phase.
+    assert phases["exec"]["start_s"] == 0 and phases["exec"]["end_s"] == phases["listening"]["start_s"]
+    assert phases["headers"]["end_s"] <= phases["files"]["start_s"] <= phases["files"]["end_s"] <= phases["kv_cache"]["start_s"]
+    assert max(phases["weights"]["end_s"], phases["kv_cache"]["end_s"]) <= phases["engine"]["start_s"]
+    assert phases["engine"]["end_s"] == pytest.approx(phases["warmup"]["start_s"], abs=1e-6)
     assert phases["headers"]["end_s"] <= record["first_byte_s"] <= phases["weights"]["end_s"]
     # The KV cache is allocated while the weights stream (once their memory is taken and the
     # config parsed); the warm-up needs both.

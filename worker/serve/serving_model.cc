@@ -80,14 +80,18 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   load.on_progress = options.on_progress;
   // config.json, the tokenizer and the chat template are parsed while the weights stream.
   std::shared_future<absl::Status> parsed;
+  Clock::time_point files_start, files_end;
   std::future<absl::StatusOr<Engine::Resources>> reserved;
   load.on_files = [&](const std::map<std::string, std::string>& files) {
     // Called again if the node cache falls back to the source: the files then win, once
     // whatever still reads the first ones is done.
     if (reserved.valid()) reserved.wait();
     if (parsed.valid()) parsed.wait();
-    parsed = std::async(std::launch::async, [&model, files, &source] {
-      return model->ParseFiles(files, source);
+    parsed = std::async(std::launch::async, [&model, files, &source, &files_start, &files_end] {
+      files_start = Clock::now();
+      absl::Status parsed = model->ParseFiles(files, source);
+      files_end = Clock::now();
+      return parsed;
     }).share();
   };
   // Once the weights' memory is taken, the engine's workspace and KV cache are allocated
@@ -140,8 +144,10 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   phases.push_back({"headers", load_start_s, load_start_s + loaded.timings.headers_s});
   phases.push_back({"weights", load_start_s + loaded.timings.first_byte_s,
                     load_start_s + loaded.timings.copy_done_s});
+  phases.push_back({"files", since(files_start), since(files_end)});
   phases.push_back({"kv_cache", since(kv_start), since(kv_end)});
 
+  const Clock::time_point engine_start = Clock::now();
   auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
   if (!weights.ok()) return WithSource(source, weights.status());
   EMBER_ASSIGN_OR_RETURN(model->engine_,
@@ -150,6 +156,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   // Warm-up: a step of each size the backend runs different kernels for, so no request
   // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations).
   const Clock::time_point warm_start = Clock::now();
+  phases.push_back({"engine", since(engine_start), since(warm_start)});
   EMBER_RETURN_IF_ERROR(model->engine_->WarmUp());
   phases.push_back({"warmup", since(warm_start), since(Clock::now())});
 

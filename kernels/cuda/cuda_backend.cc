@@ -2,6 +2,7 @@
 // staging buffer for uploads, the prefill GEMM's converted activations); maps each op of
 // kernels/backend.h to its launcher in kernels/cuda/ops.h and remembers the first error.
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cublas_api.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -52,12 +53,15 @@ class CudaBackend final : public Backend {
       stream_ = nullptr;
       return SetupFailed("cannot create a stream", e);
     }
-    cublasStatus_t s = cublasCreate(&cublas_);
+    absl::StatusOr<const CublasApi*> api = Cublas();
+    if (!api.ok()) return absl::UnavailableError(absl::StrCat("backend 'cuda': ", api.status().message()));
+    blas_ = *api;
+    cublasStatus_t s = blas_->create(&cublas_);
     if (s != CUBLAS_STATUS_SUCCESS) cublas_ = nullptr;
-    if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(cublas_, stream_);
+    if (s == CUBLAS_STATUS_SUCCESS) s = blas_->set_stream(cublas_, stream_);
     if (s != CUBLAS_STATUS_SUCCESS) {
       return absl::UnavailableError(
-          absl::StrCat("backend 'cuda': cuBLAS: ", cublasGetStatusString(s)));
+          absl::StrCat("backend 'cuda': cuBLAS: ", blas_->status_string(s)));
     }
     void* staging = nullptr;
     if ((e = cudaHostAlloc(&staging, kStagingBytes, cudaHostAllocDefault)) != cudaSuccess) {
@@ -74,7 +78,7 @@ class CudaBackend final : public Backend {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     cudaFree(gemm_x_);
     if (staging_ != nullptr) cudaFreeHost(staging_);
-    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (cublas_ != nullptr) blas_->destroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -264,7 +268,7 @@ class CudaBackend final : public Backend {
     const float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t s;
     if (w.type == ScalarType::kF32) {
-      s = cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
+      s = blas_->sgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
                       static_cast<const float*>(w.data), k, x, k, &beta, y, m);
     } else {
       const cudaError_t e = EnsureGemmWorkspace(static_cast<size_t>(n) * k * sizeof(uint16_t));
@@ -275,12 +279,12 @@ class CudaBackend final : public Backend {
       Check(LaunchConvertActivations(x, static_cast<int64_t>(n) * k, w.type, gemm_x_, stream_),
             describe);
       const cudaDataType_t t = w.type == ScalarType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
-      s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, t, k, gemm_x_, t,
+      s = blas_->gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, t, k, gemm_x_, t,
                        k, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     }
     if (s != CUBLAS_STATUS_SUCCESS && error_.ok()) {
       error_ = absl::InternalError(
-          absl::StrCat("cuda: ", describe(), ": cuBLAS: ", cublasGetStatusString(s)));
+          absl::StrCat("cuda: ", describe(), ": cuBLAS: ", blas_->status_string(s)));
       return;
     }
     if (bias != nullptr) Check(LaunchAddBias(y, bias, n, w.rows, stream_), describe);
@@ -306,6 +310,7 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
+  const CublasApi* blas_ = nullptr;  // opened in Init
   cublasHandle_t cublas_ = nullptr;
   absl::Status error_;  // the first failure since the last Synchronize() / Download()
 

@@ -83,7 +83,6 @@ class ServedModel {
               std::vector<SafetensorsHeader> headers, std::vector<std::string> prefixes,
               std::shared_ptr<const Arena> arena);
 
-  const std::string& source() const { return source_; }
   const std::vector<PeerObject>& objects() const { return objects_; }
   // The index of the weight file called `name`, or -1.
   int Find(absl::string_view name) const;

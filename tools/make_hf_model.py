@@ -57,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "qwen2-bias": ("qwen2", dict(_SMALL, num_attention_heads=2, num_key_value_heads=1,
                                  vocab_size=999, max_position_embeddings=512,
                                  use_sliding_window=False)),
+    # Qwen3: RMSNorm of each query and key head (q_norm, k_norm), head_dim 64 with 4 heads
+    # (q_width 256), GQA 2:1, no biases.
+    "qwen3": ("qwen3", dict(_SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                            vocab_size=1003, max_position_embeddings=512, use_sliding_window=False)),
     # Benchmark shapes.
     "smollm2-135m": ("llama", dict(_BENCH, hidden_size=576, intermediate_size=1536,
                                    num_hidden_layers=30, num_attention_heads=9,
@@ -75,7 +79,7 @@ def make_config(variant: str):
     import transformers
     family, kwargs = VARIANTS[variant]
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config}[family]
+           "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
     return cls(**kwargs)
 
 

@@ -57,7 +57,7 @@ namespace {
 
 constexpr char kUsage[] =
     "ember-generate --model SOURCE (--prompt-ids 1,2,3 | --prompt TEXT) [--max-tokens N] [flags]\n\n"
-    "Loads a Llama, Mistral or Qwen2 model (config.json + safetensors) through Ember's\n"
+    "Loads a Llama, Mistral, Qwen2 or Qwen3 model (config.json + safetensors) through Ember's\n"
     "loader, generates with Ember's engine and prints the token ids and tokens/s.\n"
     "Flags may be spelled with dashes or underscores.\n"
     EMBER_S3_CREDENTIALS_USAGE "\n"

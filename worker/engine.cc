@@ -392,6 +392,10 @@ void Engine::Forward(const StepLayout& layout) {
     b.Linear(h, T, w.q, w.q_bias, q);
     b.Linear(h, T, w.k, w.k_bias, k);
     b.Linear(h, T, w.v, w.v_bias, v);
+    if (c.qk_norm) {  // each head's query and key normalized over head_dim, in place
+      b.AddRmsNorm(nullptr, q, w.q_norm, T * c.num_heads, c.head_dim, eps, q);
+      b.AddRmsNorm(nullptr, k, w.k_norm, T * c.num_kv_heads, c.head_dim, eps, k);
+    }
     b.Rope(q, k, pos, ws_.inv_freq.as<float>(), T, c.num_heads, c.num_kv_heads, c.head_dim);
     attention.cache = cache_.Layer(l);
     b.KvStore(attention.cache, k, v, meta + layout.slots, T);

@@ -54,6 +54,7 @@ absl::StatusOr<Architecture> ParseArchitecture(const json& j, std::string* name)
       {"LlamaForCausalLM", Architecture::kLlama},
       {"MistralForCausalLM", Architecture::kMistral},
       {"Qwen2ForCausalLM", Architecture::kQwen2},
+      {"Qwen3ForCausalLM", Architecture::kQwen3},
   };
   auto it = j.find("architectures");
   if (it == j.end() || !it->is_array() || it->empty() || !(*it)[0].is_string()) {
@@ -66,7 +67,8 @@ absl::StatusOr<Architecture> ParseArchitecture(const json& j, std::string* name)
   }
   return absl::UnimplementedError(absl::StrCat(
       kWhere, ": architecture '", *name,
-      "' is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"));
+      "' is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+      "Qwen3ForCausalLM)"));
 }
 
 // rope_theta and rope scaling from either layout.
@@ -172,7 +174,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   EMBER_ASSIGN_OR_RETURN(eps, GetNumber(j, "rms_norm_eps", eps));
   c.rms_norm_eps = static_cast<float>(eps);
   if (absl::Status s = ParseRope(j, &c.rope); !s.ok()) return s;
-  const int default_max_pos = c.arch == Architecture::kQwen2 ? 32768 : 4096;
+  const int default_max_pos =
+      c.arch == Architecture::kQwen2 || c.arch == Architecture::kQwen3 ? 32768 : 4096;
   EMBER_ASSIGN_OR_RETURN(c.max_position_embeddings, GetInt(j, "max_position_embeddings", default_max_pos));
   EMBER_ASSIGN_OR_RETURN(c.tie_word_embeddings, GetBool(j, "tie_word_embeddings", false));
   if (absl::Status s = ParseTokenIds(j, &c); !s.ok()) return s;
@@ -206,8 +209,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
     case Architecture::kMistral:
       EMBER_ASSIGN_OR_RETURN(c.sliding_window, GetInt(j, "sliding_window", 0));
       break;
-    case Architecture::kQwen2: {
-      c.qkv_bias = true;
+    case Architecture::kQwen2:
+    case Architecture::kQwen3: {
+      if (c.arch == Architecture::kQwen2) {
+        c.qkv_bias = true;
+      } else {
+        bool attention_bias = false;
+        EMBER_ASSIGN_OR_RETURN(attention_bias, GetBool(j, "attention_bias", false));
+        c.qkv_bias = c.o_bias = attention_bias;
+        c.qk_norm = true;
+      }
       bool sliding = false;
       EMBER_ASSIGN_OR_RETURN(sliding, GetBool(j, "use_sliding_window", false));
       bool sliding_layers = false;
@@ -216,7 +227,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
       }
       if (sliding || sliding_layers) {
         return absl::UnimplementedError(absl::StrCat(
-            kWhere, ": Qwen2 with use_sliding_window (per-layer sliding attention) is not supported"));
+            kWhere, ": ", c.architecture,
+            " with use_sliding_window (per-layer sliding attention) is not supported"));
       }
       break;
     }

@@ -12,7 +12,7 @@
 
 namespace ember::worker {
 
-enum class Architecture { kLlama, kMistral, kQwen2 };
+enum class Architecture { kLlama, kMistral, kQwen2, kQwen3 };
 
 struct RopeConfig {
   float theta = 10000.0f;
@@ -38,7 +38,8 @@ struct ModelConfig {
   int max_position_embeddings = 0;
   int vocab_size = 0;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;    // Qwen2 always; Llama's attention_bias
+  bool qkv_bias = false;    // Qwen2 always; Llama's and Qwen3's attention_bias
+  bool qk_norm = false;     // Qwen3: RMSNorm of each query and key head before RoPE
   bool o_bias = false;      // Llama's attention_bias also covers o_proj
   bool mlp_bias = false;    // Llama's mlp_bias
   int sliding_window = 0;   // Mistral's sliding_window; 0 = full attention

@@ -156,6 +156,10 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c,
       l.v_bias = b.BindF32(p + "self_attn.v_proj.bias", kvw, out);
     }
     if (c.o_bias) l.o_bias = b.BindF32(p + "self_attn.o_proj.bias", hidden, out);
+    if (c.qk_norm) {
+      l.q_norm = b.BindF32(p + "self_attn.q_norm.weight", c.head_dim, out);
+      l.k_norm = b.BindF32(p + "self_attn.k_norm.weight", c.head_dim, out);
+    }
     if (c.mlp_bias) {
       l.gate_bias = b.BindF32(p + "mlp.gate_proj.bias", inter, out);
       l.up_bias = b.BindF32(p + "mlp.up_proj.bias", inter, out);

@@ -26,6 +26,8 @@ struct LayerWeights {
   float* gate_bias = nullptr;       // [inter]
   float* up_bias = nullptr;         // [inter]
   float* down_bias = nullptr;       // [hidden]
+  float* q_norm = nullptr;          // [head_dim], Qwen3
+  float* k_norm = nullptr;          // [head_dim], Qwen3
 };
 
 struct ModelWeights {

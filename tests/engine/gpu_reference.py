@@ -39,7 +39,7 @@ def gpu_unavailable_reason() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2-bias", "llama-tied-hd128", "mistral-window"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2-bias", "llama-tied-hd128", "mistral-window", "qwen3"])
 def test_cuda_backend_matches_transformers_in_bf16(variant, models, tmp_path):  # noqa: F811
     model_dir = models(variant, "bfloat16")
     import json

@@ -85,6 +85,20 @@ TEST(ModelConfigTest, QwenHasQkvBiasAndMistralItsWindow) {
   c = ParseModelConfig(m.dump());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->sliding_window, 4096);
+  // Qwen3: per-head q/k norms, biases only with attention_bias (then on o_proj too).
+  auto q3 = LlamaJson();
+  q3["architectures"] = {"Qwen3ForCausalLM"};
+  c = ParseModelConfig(q3.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->qkv_bias);
+  q3["attention_bias"] = true;
+  c = ParseModelConfig(q3.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias && c->o_bias);
+  q3["use_sliding_window"] = true;
+  EXPECT_NE(ParseModelConfig(q3.dump()).status().message().find("Qwen3ForCausalLM with use_sliding_window"),
+            std::string::npos);
 }
 
 TEST(ModelConfigTest, ErrorsNameTheCause) {

@@ -31,7 +31,7 @@ GENERATE = os.environ.get("EMBER_GENERATE", str(REPO / "build" / "worker" / "emb
 STEPS = 45
 RELATIVE_TOLERANCE = 1e-3
 
-VARIANTS = ["llama-gqa", "llama3-rope", "llama-tied-hd128", "mistral-window", "qwen2-bias"]
+VARIANTS = ["llama-gqa", "llama3-rope", "llama-tied-hd128", "mistral-window", "qwen2-bias", "qwen3"]
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_half_precision_checkpoints_match_their_float32_upcast(dtype, models, tm
     assert outputs[0] == hf_tokens
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window", "qwen2-bias"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window", "qwen2-bias", "qwen3"])
 def test_sequences_batched_together_match_each_alone(variant, models, tmp_path):
     model_dir = models(variant)
     vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]

@@ -9,6 +9,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "ember/v1/request_reader.h"
+#include "grpcpp/support/slice.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/random_model.h"
@@ -180,15 +182,14 @@ TEST(RequestBuilderTest, NonUtf8TextOnTheWireIsNamedByItsField) {
   grpc::Slice slice(wire);
   grpc::ByteBuffer buffer(&slice, 1);
   v1::GenerateRequest parsed;
-  ASSERT_TRUE((grpc::SerializationTraits<v1::GenerateRequest>::Deserialize(&buffer, &parsed).ok()));
+  ASSERT_TRUE(v1::DeserializeRequest(buffer, &parsed).ok());
   auto built = BuildGenerationRequest(parsed, Limits(nullptr));
   EXPECT_EQ(built.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(built.status().message(), "chat.messages[1].content: not valid UTF-8 (byte offset 2)");
 
   grpc::Slice garbage(std::string("\xFF\xFF\xFF"));
   grpc::ByteBuffer bad(&garbage, 1);
-  EXPECT_EQ((grpc::SerializationTraits<v1::GenerateRequest>::Deserialize(&bad, &parsed).error_code()),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(v1::DeserializeRequest(bad, &parsed).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // --- the scheduler -----------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "ember/v1/request_reader.h"
 #include "loader/status_macros.h"
 
 namespace ember::worker {

@@ -2,7 +2,7 @@
 // every field: an error is InvalidArgument naming the field and the limit it broke
 // (FailedPrecondition when the model cannot serve that kind of input at all).
 // Text is UTF-8 by then: proto3's parser checks every string field, and a request that
-// breaks the rule arrives marked by proto/ember/v1/request_traits.h (reported here first).
+// breaks the rule arrives marked by proto/ember/v1/request_reader.h (reported here first).
 #pragma once
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "ember/v1/request_reader.h"
 #include "worker/serve/request_builder.h"
 
 namespace ember::worker {
@@ -36,15 +37,6 @@ void Append(const TokenChunk& chunk, v1::GenerateResponse* out) {
       top->set_logprob(logprob);
     }
   }
-}
-
-constexpr char kNotAMessage[] = "the request is not a valid message";
-
-// A request body as the message it should be; false when it does not parse.
-template <typename Message>
-bool ParseRequest(const grpc::ByteBuffer& raw, Message* message) {
-  grpc::ByteBuffer copy(raw);  // shares the slices; Deserialize consumes its argument
-  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
 }
 
 }  // namespace
@@ -266,9 +258,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
   auto call = std::make_shared<GenerateCall>(context, metrics_);
   call->Start(call);
   v1::GenerateRequest parsed;
-  if (!ParseRequest(*raw_request, &parsed)) {
+  if (grpc::Status read = v1::DeserializeRequest(*raw_request, &parsed); !read.ok()) {
     metrics_->RequestFinished("rejected");
-    call->Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, kNotAMessage));
+    call->Fail(read);
     return call.get();
   }
   const v1::GenerateRequest* request = &parsed;
@@ -333,8 +325,8 @@ grpc::ServerUnaryReactor* InferenceService::Unary(
     grpc::Status (InferenceService::*method)(const Request&, Response*)) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Request request;
-  if (!ParseRequest(*raw_request, &request)) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, kNotAMessage));
+  if (grpc::Status read = v1::DeserializeRequest(*raw_request, &request); !read.ok()) {
+    reactor->Finish(read);
     return reactor;
   }
   Response response;

@@ -1,8 +1,10 @@
-#include "ember/v1/request_traits.h"
+#include "ember/v1/request_reader.h"
 
 #include <vector>
 
 #include "google/protobuf/descriptor.h"
+#include "grpcpp/impl/codegen/proto_buffer_reader.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "worker/utf8.h"
 
@@ -55,24 +57,20 @@ std::optional<std::string> Utf8Problem(const google::protobuf::Message& request)
   return std::nullopt;
 }
 
-namespace internal {
-
-grpc::Status DeserializeChecked(grpc::ByteBuffer* buffer, google::protobuf::Message* message) {
+grpc::Status DeserializeRequest(const grpc::ByteBuffer& raw, google::protobuf::Message* message) {
   // The usual path first, gRPC's zero-copy reader on a copy that shares the slices; the
   // bytes are gathered only for a request that fails to parse.
-  grpc::ByteBuffer attempt(*buffer);
+  grpc::ByteBuffer attempt(raw);
   if (grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&attempt, message)
           .ok()) {
-    buffer->Clear();
     return grpc::Status::OK;
   }
   std::vector<grpc::Slice> slices;
-  if (!buffer->Dump(&slices).ok()) {
+  if (!raw.Dump(&slices).ok()) {
     return grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the request");
   }
   std::string wire;
   for (const grpc::Slice& s : slices) wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  buffer->Clear();
   // Well-formed protobuf with non-UTF-8 text, or garbage.
   google::protobuf::UnknownFieldSet fields;
   std::string problem;
@@ -86,5 +84,4 @@ grpc::Status DeserializeChecked(grpc::ByteBuffer* buffer, google::protobuf::Mess
   return grpc::Status::OK;
 }
 
-}  // namespace internal
 }  // namespace ember::v1

@@ -299,8 +299,7 @@ Profile LoadProfile() {
 }
 
 std::string StsUrl(absl::string_view region) {
-  std::string url = Env("AWS_ENDPOINT_URL_STS");
-  if (url.empty()) url = Env("AWS_ENDPOINT_URL");
+  std::string url = AwsEndpointUrl("STS");
   if (url.empty()) url = absl::StrCat("https://sts.", region, ".amazonaws.com");
   return std::string(absl::StripSuffix(url, "/")) + "/";
 }
@@ -495,6 +494,11 @@ std::string AwsRegion() {
     return it->second;
   }
   return "us-east-1";
+}
+
+std::string AwsEndpointUrl(absl::string_view service) {
+  std::string url = Env(absl::StrCat("AWS_ENDPOINT_URL_", service).c_str());
+  return url.empty() ? Env("AWS_ENDPOINT_URL") : url;
 }
 
 absl::StatusOr<std::string> AwsCaBundle() {

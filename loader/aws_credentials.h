@@ -83,6 +83,10 @@ absl::StatusOr<std::shared_ptr<AwsCredentialProvider>> S3Credentials();
 // AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region (see above), else us-east-1.
 std::string AwsRegion();
 
+// A custom endpoint for an AWS service, as the SDKs take it: AWS_ENDPOINT_URL_<SERVICE>
+// (e.g. _S3, _STS), else AWS_ENDPOINT_URL; empty for AWS itself.
+std::string AwsEndpointUrl(absl::string_view service);
+
 // AWS_CA_BUNDLE, checked to be a readable file; empty when unset.
 absl::StatusOr<std::string> AwsCaBundle();
 

@@ -13,7 +13,6 @@
 #include <optional>
 #include <thread>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -179,10 +178,7 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenModelStore(absl::string_view ur
                                                             const LoadOptions& options) {
   std::unique_ptr<ObjectStore> store;
   EMBER_ASSIGN_OR_RETURN(store, OpenObjectStore(uri));
-  const std::string root = store->Root();
-  if (options.peers.empty() || absl::StartsWith(root, "file://") || absl::StartsWith(root, "/")) {
-    return store;
-  }
+  if (options.peers.empty() || IsLocalRoot(store->Root())) return store;
   return OpenWithPeers(std::move(store), PeerOptions{options.peers, options.peer_token});
 }
 
@@ -410,17 +406,6 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   model.bytes_streamed = total;
   model.retries = counters.retries.load();
   model.bytes_from_peers = counters.bytes_from_peers.load();
-  if (digests) {
-    absl::StatusOr<std::vector<std::vector<uint32_t>>> blocks = digests->Finish();
-    if (!blocks.ok()) return blocks.status();
-    std::vector<PeerObject> offered;
-    for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
-      offered.push_back({manifest.weight_objects[f], manifest.headers[f].data_start(),
-                         std::move((*blocks)[f])});
-    }
-    model.served = std::make_shared<ServedModel>(store.Root(), std::move(offered), manifest.headers,
-                                                 manifest.prefixes, model.arena);
-  }
   for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
     model.weight_files.push_back(manifest.weight_objects[f].name);
     for (const PlacedTensor& t : plan.tensors(static_cast<int>(f))) {
@@ -434,6 +419,18 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       view.file = manifest.weight_objects[f].name;
       model.weights[view.name] = std::move(view);
     }
+  }
+  if (digests) {  // last: the plan above points into manifest.headers, moved here
+    absl::StatusOr<std::vector<std::vector<uint32_t>>> blocks = digests->Finish();
+    if (!blocks.ok()) return blocks.status();
+    std::vector<PeerObject> offered;
+    for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
+      offered.push_back({manifest.weight_objects[f], manifest.headers[f].data_start(),
+                         std::move((*blocks)[f])});
+    }
+    model.served = std::make_shared<ServedModel>(store.Root(), std::move(offered),
+                                                 std::move(manifest.headers),
+                                                 std::move(manifest.prefixes), model.arena);
   }
   model.timings.total_s = SecondsSince(start);
   return model;

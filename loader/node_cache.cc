@@ -13,7 +13,6 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "loader/log.h"
 #include "loader/object_store.h"
@@ -152,9 +151,7 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
     report->reason = std::move(reason);
     return LoadModelFrom(**store, options);
   };
-  if (absl::StartsWith(source, "file://") || absl::StartsWith(source, "/")) {
-    return bypass("the source is already local");
-  }
+  if (IsLocalRoot(source)) return bypass("the source is already local");
   auto listing = (*store)->List();
   if (!listing.ok()) return listing.status();
   if (!listing->has_value()) return bypass("the source cannot be listed, so a copy cannot be validated");

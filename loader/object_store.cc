@@ -26,6 +26,10 @@ std::string UriEncode(absl::string_view text, bool keep_slash) {
   return out;
 }
 
+bool IsLocalRoot(absl::string_view root) {
+  return absl::StartsWith(root, "file://") || absl::StartsWith(root, "/");
+}
+
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(absl::string_view uri) {
   if (uri.empty()) return absl::InvalidArgumentError("empty model source");
   if (absl::StartsWith(uri, "s3://")) return OpenS3Store(uri);

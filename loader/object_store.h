@@ -97,4 +97,8 @@ class ObjectStore {
 // the Hub token from HF_TOKEN.
 absl::StatusOr<std::unique_ptr<ObjectStore>> OpenObjectStore(absl::string_view uri);
 
+// Whether a store's Root() is on this machine (file:// or a path): no node cache or peer
+// can make it faster.
+bool IsLocalRoot(absl::string_view root);
+
 }  // namespace ember::loader

@@ -122,8 +122,11 @@ absl::StatusOr<std::vector<PeerObject>> ParsePeerManifest(const nlohmann::json& 
   const auto bad = [](absl::string_view what) {
     return absl::DataLossError(absl::StrCat("the peer's manifest is malformed: ", what));
   };
+  // Types are checked before every get: nlohmann throws on a mismatch, and a peer's answer
+  // must never take the loader down.
   if (!m.is_object() || !m.contains("source") || !m["source"].is_string()) return bad("no source");
-  if (m.value("block_bytes", uint64_t{0}) != kPeerBlockBytes) {
+  if (!m.contains("block_bytes") || !m["block_bytes"].is_number_unsigned() ||
+      m["block_bytes"].get<uint64_t>() != kPeerBlockBytes) {
     return bad(absl::StrCat("block_bytes is not ", kPeerBlockBytes));
   }
   if (!m.contains("objects") || !m["objects"].is_array()) return bad("no objects");
@@ -139,12 +142,18 @@ absl::StatusOr<std::vector<PeerObject>> ParsePeerManifest(const nlohmann::json& 
     }
     p.info.name = o["name"].get<std::string>();
     p.info.size = o["size"].get<uint64_t>();
-    p.info.etag = o.value("etag", "");
-    p.info.last_modified = o.value("last_modified", "");
+    for (auto [field, out] : {std::pair{"etag", &p.info.etag},
+                              std::pair{"last_modified", &p.info.last_modified}}) {
+      if (!o.contains(field)) continue;
+      if (!o[field].is_string()) return bad(absl::StrCat(p.info.name, ": ", field, " is not a string"));
+      *out = o[field].get<std::string>();
+    }
     p.data_start = o["data_start"].get<uint64_t>();
     if (p.data_start > p.info.size) return bad(absl::StrCat(p.info.name, ": data_start beyond size"));
     for (const nlohmann::json& c : o["block_crc32"]) {
-      if (!c.is_number_unsigned()) return bad(absl::StrCat(p.info.name, ": a checksum is not a number"));
+      if (!c.is_number_unsigned() || c.get<uint64_t>() > UINT32_MAX) {
+        return bad(absl::StrCat(p.info.name, ": a checksum is not a 32-bit number"));
+      }
       p.block_crc.push_back(c.get<uint32_t>());
     }
     if (p.block_crc.size() != BlockCount(p.data_start, p.info.size)) {

@@ -1,6 +1,5 @@
 // S3 (and S3-compatible: MinIO, R2, Ceph, rclone) as a model source: SigV4 through
 // libcurl, ListObjectsV2 for prefixes, path-style addressing for custom endpoints.
-#include <cstdlib>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -15,11 +14,6 @@
 
 namespace ember::loader {
 namespace {
-
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? std::string(v) : std::string();
-}
 
 class S3Store : public ObjectStore {
  public:
@@ -151,8 +145,7 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(absl::string_view uri) 
   EMBER_ASSIGN_OR_RETURN(auth.aws, S3Credentials());
   if (auth.aws) auth.kind = HttpAuth::Kind::kSigV4;  // else --no_sign_request: anonymous
 
-  std::string endpoint = Env("AWS_ENDPOINT_URL_S3");
-  if (endpoint.empty()) endpoint = Env("AWS_ENDPOINT_URL");
+  const std::string endpoint = AwsEndpointUrl("S3");
   // Custom endpoints (MinIO, R2, Ceph, rclone) and dotted bucket names use path-style
   // addressing; AWS itself gets virtual-hosted style.
   std::string host;

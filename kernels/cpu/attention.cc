@@ -34,52 +34,76 @@ void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t
   }
 }
 
+namespace {
+
+// The query heads of one KV head (GQA's group) attend together: each key and value row is
+// read once for the whole group, and the dot products run in 16-lane vectors. (A float sum
+// is not reassociated by the compiler, so the plain loop stayed scalar: at 512 prompt tokens
+// attention took about 40% of the prefill once the matmuls ran on oneDNN.)
+EMBER_CPU_CLONES void AttendGroup(const AttentionArgs& a, int t, int kvh, int group,
+                                  std::vector<float>& scores, float* acc, float* scratch) {
+  const int hd = a.cache.head_dim, width = a.cache.kv_heads * hd, block_size = a.cache.block_size;
+  const int pos = a.token_pos[t];
+  const int first = a.sliding_window > 0 ? std::max(0, pos - a.sliding_window + 1) : 0;
+  const int len = pos - first + 1;
+  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_seq[t]) * a.max_blocks_per_seq;
+  const float* q = a.q + (static_cast<int64_t>(t) * a.q_heads + kvh * group) * hd;  // [group, hd]
+  const int vec = hd / 16 * 16;
+  scores.resize(static_cast<size_t>(group) * len);
+  auto slot_of = [&](int p) {
+    return static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
+  };
+  for (int p = first; p <= pos; ++p) {
+    const float* krow = KvRow(a.cache.k, a.cache.type, slot_of(p), width, scratch) + kvh * hd;
+    for (int g = 0; g < group; ++g) {
+      const float* qg = q + g * hd;
+      V16f sum = {};
+      for (int i = 0; i < vec; i += 16) sum += LoadV16f(qg + i) * LoadV16f(krow + i);
+      float s = 0;
+      for (int l = 0; l < 16; ++l) s += sum[l];
+      for (int i = vec; i < hd; ++i) s += qg[i] * krow[i];
+      scores[g * len + (p - first)] = s * a.scale;
+    }
+  }
+  std::vector<float> denom(group);
+  for (int g = 0; g < group; ++g) {
+    float* row = scores.data() + g * len;
+    const float max_score = *std::max_element(row, row + len);
+    float total = 0;
+    for (int i = 0; i < len; ++i) {
+      row[i] = std::exp(row[i] - max_score);
+      total += row[i];
+    }
+    denom[g] = total;
+  }
+  std::fill(acc, acc + group * hd, 0.0f);
+  for (int p = first; p <= pos; ++p) {
+    const float* vrow = KvRow(a.cache.v, a.cache.type, slot_of(p), width, scratch) + kvh * hd;
+    for (int g = 0; g < group; ++g) {
+      const float w = scores[g * len + (p - first)];
+      float* accg = acc + g * hd;
+      for (int i = 0; i < hd; ++i) accg[i] += w * vrow[i];
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    float* out = a.out + (static_cast<int64_t>(t) * a.q_heads + kvh * group + g) * hd;
+    for (int i = 0; i < hd; ++i) out[i] = acc[g * hd + i] / denom[g];
+  }
+}
+
+}  // namespace
+
 void Attention(const AttentionArgs& a) {
-  const int hd = a.cache.head_dim;
   const int kv_heads = a.cache.kv_heads;
   const int group = a.q_heads / kv_heads;
-  const int block_size = a.cache.block_size;
-  const int width = kv_heads * hd;
-  // One (token, head) pair per item.
-  ParallelFor(static_cast<int64_t>(a.n) * a.q_heads, [&](int64_t begin, int64_t end) {
+  // One (token, KV head) pair per item.
+  ParallelFor(static_cast<int64_t>(a.n) * kv_heads, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> acc(hd);
-    std::vector<float> scratch(width);
+    std::vector<float> acc(static_cast<size_t>(group) * a.cache.head_dim);
+    std::vector<float> scratch(static_cast<size_t>(kv_heads) * a.cache.head_dim);
     for (int64_t item = begin; item < end; ++item) {
-      const int t = static_cast<int>(item / a.q_heads), h = static_cast<int>(item % a.q_heads);
-      const int pos = a.token_pos[t];
-      const int first = a.sliding_window > 0 ? std::max(0, pos - a.sliding_window + 1) : 0;
-      const int32_t* table =
-          a.block_tables + static_cast<int64_t>(a.token_seq[t]) * a.max_blocks_per_seq;
-      const float* q = a.q + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
-      const int kvh = h / group;
-      scores.resize(pos - first + 1);
-      float max_score = -INFINITY;
-      for (int p = first; p <= pos; ++p) {
-        const int64_t slot =
-            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-        const float* krow = KvRow(a.cache.k, a.cache.type, slot, width, scratch.data()) + kvh * hd;
-        float s = 0;
-        for (int i = 0; i < hd; ++i) s += q[i] * krow[i];
-        s *= a.scale;
-        scores[p - first] = s;
-        max_score = std::max(max_score, s);
-      }
-      float denom = 0;
-      for (float& s : scores) {
-        s = std::exp(s - max_score);
-        denom += s;
-      }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int p = first; p <= pos; ++p) {
-        const int64_t slot =
-            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-        const float* vrow = KvRow(a.cache.v, a.cache.type, slot, width, scratch.data()) + kvh * hd;
-        const float w = scores[p - first];
-        for (int i = 0; i < hd; ++i) acc[i] += w * vrow[i];
-      }
-      float* out = a.out + (static_cast<int64_t>(t) * a.q_heads + h) * hd;
-      for (int i = 0; i < hd; ++i) out[i] = acc[i] / denom;
+      AttendGroup(a, static_cast<int>(item / kv_heads), static_cast<int>(item % kv_heads), group,
+                  scores, acc.data(), scratch.data());
     }
   });
 }

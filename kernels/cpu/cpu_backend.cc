@@ -4,12 +4,14 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels {
 namespace {
@@ -94,5 +96,41 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+namespace cpu {
+namespace {
+std::atomic<ComputePrecision> precision{ComputePrecision::kF32};
+}  // namespace
+
+void SetComputePrecision(ComputePrecision p) { precision.store(p); }
+ComputePrecision GetComputePrecision() { return precision.load(); }
+
+absl::StatusOr<ComputePrecision> ParseComputePrecision(absl::string_view value,
+                                                       absl::string_view flag) {
+  if (value == "f32") return ComputePrecision::kF32;
+  if (value == "bf16") return ComputePrecision::kBf16;
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, ": \"", value, "\" is not a compute precision (f32 or bf16)"));
+}
+
+bool UsesBf16Compute() {
+  return GetComputePrecision() == ComputePrecision::kBf16 && HasBf16DotProducts();
+}
+
+absl::Status Configure(int threads, absl::string_view compute_precision) {
+  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  auto precision = ParseComputePrecision(compute_precision, "--compute_precision");
+  if (!precision.ok()) return precision.status();
+  SetThreads(threads);
+  SetComputePrecision(*precision);
+  return absl::OkStatus();
+}
+
+std::string ComputePrecisionDescription() {
+  if (GetComputePrecision() == ComputePrecision::kF32) return "f32";
+  return HasBf16DotProducts() ? "bf16" : "f32 (this CPU has no AVX-512 BF16)";
+}
+
+}  // namespace cpu
 
 }  // namespace ember::kernels

@@ -3,6 +3,7 @@
 // per step and converted in registers, four tokens sharing every load.
 #include <cstring>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -11,12 +12,7 @@ namespace {
 
 constexpr int kTokenTile = 4;  // tokens sharing each weight load (four FMA chains)
 
-// GCC vector extensions: 16 floats per vector, one zmm (AVX-512) or two ymm (AVX2); the
-// compiler picks the instructions for each target clone.
-// (-Wpsabi: these helpers are always inlined into the target clones, never called across
-// an ABI boundary.)
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float V16f __attribute__((vector_size(64)));
+// More GCC vectors beside ops.h's V16f: the 16-bit weights before widening.
 typedef uint16_t V16u16 __attribute__((vector_size(32)));
 typedef uint32_t V16u32 __attribute__((vector_size(64)));
 typedef _Float16 V16f16 __attribute__((vector_size(32)));
@@ -55,11 +51,7 @@ __attribute__((always_inline)) inline void RowDots(const float* x, int64_t strid
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const V16f wv = Load16<T>(w, i);
-    for (int t = 0; t < NT; ++t) {
-      V16f xv;
-      std::memcpy(&xv, x + t * stride + i, 64);
-      acc[t] += xv * wv;
-    }
+    for (int t = 0; t < NT; ++t) acc[t] += LoadV16f(x + t * stride + i) * wv;
   }
   for (int t = 0; t < NT; ++t) {
     float sum = 0;
@@ -122,6 +114,7 @@ void RowToF32(const void* src, ScalarType type, int64_t count, float* dst) {
 }
 
 void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) {
+  if (w.type == ScalarType::kBF16 && UsesBf16Compute()) return LinearBf16(x, n, w, bias, y);
   switch (w.type) {
     case ScalarType::kF32: return LinearTyped<ScalarType::kF32>(x, n, w, bias, y);
     case ScalarType::kBF16: return LinearTyped<ScalarType::kBF16>(x, n, w, bias, y);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/backend.h"
 
@@ -18,6 +19,16 @@
 
 namespace ember::kernels::cpu {
 
+// 16 floats as a GCC vector: one zmm (AVX-512) or two ymm (AVX2); each target clone picks
+// its instructions. (-Wpsabi: used only inside the clones, never passed across an ABI.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float V16f __attribute__((vector_size(64)));
+__attribute__((always_inline)) inline V16f LoadV16f(const float* p) {
+  V16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 void ToF32(const Matrix& m, float* out);
 void Embed(const Matrix& table, const int32_t* ids, int n, float* out);
 void AddRmsNorm(const float* x, float* residual, const float* weight, int n, int hidden,
@@ -31,6 +42,11 @@ void Attention(const AttentionArgs& args);
 void GatherRows(const float* in, const int32_t* rows, int n_rows, int width, float* out);
 void Sample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
             int32_t* tokens);
+
+// y = x · Wᵀ for BF16 weights with x rounded to BF16 (linear_bf16.cc); only where
+// HasBf16DotProducts().
+void LinearBf16(const float* x, int n, const Matrix& w, const float* bias, float* y);
+bool HasBf16DotProducts();
 
 // Converts `count` elements of a BF16/F16/F32 row to F32 (vectorized).
 void RowToF32(const void* src, ScalarType type, int64_t count, float* dst);

@@ -30,6 +30,11 @@ transformers = pytest.importorskip("transformers")
 GENERATE = os.environ.get("EMBER_GENERATE", str(REPO / "build" / "worker" / "ember-generate"))
 STEPS = 45
 RELATIVE_TOLERANCE = 1e-3
+# BF16 carries 8 significant bits: two computations of the same BF16 model that round at
+# different places differ by a few BF16 ulps of the logits' scale.
+BF16_RELATIVE_TOLERANCE = 3e-2
+# The float32 comparisons run the CPU backend in exact precision (FP32 activations).
+EXACT = ["--compute-precision", "f32"]
 
 VARIANTS = ["llama-gqa", "llama3-rope", "llama-tied-hd128", "mistral-window", "qwen2-bias", "qwen3"]
 
@@ -55,10 +60,11 @@ def prompt_for(vocab: int, length: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
 
 
-def hf_generate(model_dir: Path, prompt: list[int], steps: int = STEPS):
-    """transformers' greedy tokens and raw logits [steps, vocab], in float32."""
+def hf_generate(model_dir: Path, prompt: list[int], steps: int = STEPS, dtype: str = "float32"):
+    """transformers' greedy tokens and raw logits [steps, vocab] (as float32), computed in
+    `dtype`."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager")
+        model_dir, dtype=getattr(torch, dtype), attn_implementation="eager")
     model.eval()
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps,
@@ -90,6 +96,23 @@ def assert_close(ember_logits: np.ndarray, hf_logits: np.ndarray, what: str):
         f"{what}: max |ember - transformers| = {diff:.3g}, scale {scale:.3g}")
 
 
+def assert_bf16_close(tokens: list[int], logits: np.ndarray, hf_tokens: list[int],
+                      hf_logits: np.ndarray, what: str):
+    """Logits within a few BF16 ulps of the logits' scale, compared step by step while the
+    greedy sequences agree: a legitimately different choice at a near-tie (top-2 margin within
+    the tolerance) changes everything after it."""
+    scale = float(np.abs(hf_logits).max())
+    for step, (mine, ref) in enumerate(zip(tokens, hf_tokens)):
+        diff = float(np.abs(logits[step] - hf_logits[step]).max())
+        assert diff <= BF16_RELATIVE_TOLERANCE * scale, (
+            f"{what} step {step}: {diff:.3g} vs scale {scale:.3g}")
+        if mine != ref:
+            top2 = np.sort(hf_logits[step])[-2:]
+            assert top2[1] - top2[0] <= 2 * BF16_RELATIVE_TOLERANCE * scale, (
+                f"{what} step {step}: ember chose {mine}, transformers {ref} with a clear margin")
+            break
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_and_greedy_tokens_match_transformers(variant, models, tmp_path):
     model_dir = models(variant)
@@ -110,9 +133,24 @@ def test_half_precision_checkpoints_match_their_float32_upcast(dtype, models, tm
     assert header.get("dtype", header.get("torch_dtype")) == dtype
     prompt = prompt_for(header["vocab_size"], 9, seed=2)
     hf_tokens, hf_logits = hf_generate(model_dir, prompt)
-    outputs, logits, _ = ember_generate(str(model_dir), [prompt], tmp_path)
+    outputs, logits, _ = ember_generate(str(model_dir), [prompt], tmp_path, extra=EXACT)
     assert_close(logits, hf_logits, dtype)
     assert outputs[0] == hf_tokens
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2-bias", "qwen3"])
+def test_bf16_compute_matches_transformers_in_bf16(variant, models, tmp_path):
+    # The CLIs' default for BF16 weights: activations rounded to BF16 for the matmuls,
+    # against transformers computing in bfloat16 throughout. The 40-token prompt takes
+    # oneDNN's GEMM (10 tokens or more), the 45 one-token decode steps Ember's own loop.
+    model_dir = models(variant, "bfloat16")
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    prompt = prompt_for(vocab, 40, seed=4)
+    hf_tokens, hf_logits = hf_generate(model_dir, prompt, dtype="bfloat16")
+    outputs, logits, result = ember_generate(str(model_dir), [prompt], tmp_path)
+    if result["compute_precision"] != "bf16":
+        pytest.skip(f"BF16 compute unavailable: {result['compute_precision']}")
+    assert_bf16_close(outputs[0], logits, hf_tokens, hf_logits, variant)
 
 
 @pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window", "qwen2-bias", "qwen3"])

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace ember::kernels {
 namespace {
@@ -66,6 +67,39 @@ TEST_F(CpuOpsTest, LinearMatchesADoubleReferenceForEveryWeightType) {
           for (int c = 0; c < cols; ++c) ref += double(x[t * cols + c]) * w.values[r * cols + c];
           ASSERT_NEAR(y[t * rows + r], ref, 1e-4 * std::sqrt(double(cols)))
               << ScalarName(type) << " n=" << n << " rows=" << rows << " cols=" << cols;
+        }
+      }
+    }
+  }
+}
+
+// In BF16 compute precision the activations are rounded to BF16 (round to nearest even)
+// and the products summed in FP32: the reference is the double-precision sum over the
+// rounded activations. Token counts on both sides of the switch from Ember's loop to
+// oneDNN's GEMM (16), weight rows not a multiple of its 64-row slices, columns not a
+// multiple of 32.
+TEST_F(CpuOpsTest, LinearInBf16PrecisionMatchesADoubleReferenceOverRoundedActivations) {
+  cpu::SetComputePrecision(cpu::ComputePrecision::kBf16);
+  struct Restore {
+    ~Restore() { cpu::SetComputePrecision(cpu::ComputePrecision::kF32); }
+  } restore;
+  if (!cpu::UsesBf16Compute()) GTEST_SKIP() << cpu::ComputePrecisionDescription();
+  for (auto [n, rows, cols] : {std::tuple{1, 33, 577}, {5, 70, 1000}, {9, 130, 64}, {15, 8, 31},
+                              {16, 200, 95}, {67, 13, 95}, {130, 129, 2051}}) {
+    auto w = MakeMatrix(Random(rows * cols, 0.5f), ScalarType::kBF16, rows, cols);
+    auto x = Random(n * cols);
+    std::vector<float> rounded(x.size());
+    for (size_t i = 0; i < x.size(); ++i) rounded[i] = Bf16ToFloat(FloatToBf16(x[i]));
+    for (const bool with_bias : {true, false}) {
+      auto bias = Random(rows);
+      std::vector<float> y(n * rows, NAN);
+      backend_->Linear(x.data(), n, w.m, with_bias ? bias.data() : nullptr, y.data());
+      for (int t = 0; t < n; ++t) {
+        for (int r = 0; r < rows; ++r) {
+          double ref = with_bias ? bias[r] : 0.0;
+          for (int c = 0; c < cols; ++c) ref += double(rounded[t * cols + c]) * w.values[r * cols + c];
+          ASSERT_NEAR(y[t * rows + r], ref, 1e-4 * std::sqrt(double(cols)))
+              << "n=" << n << " rows=" << rows << " cols=" << cols << " t=" << t << " r=" << r;
         }
       }
     }

@@ -41,9 +41,9 @@ class CpuBackend final : public Backend {
     const size_t mapped = bytes == 0 ? 1 : bytes;
     void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "cpu: cannot allocate %d bytes for %s (available: %d bytes)", bytes, what,
-          MemAvailableBytes()));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cpu: cannot allocate %d bytes for %s (available: %d bytes)", bytes, what,
+                          MemAvailableBytes()));
     }
     return Buffer(p, bytes, [mapped](void* q) { munmap(q, mapped); });
   }
@@ -71,8 +71,8 @@ class CpuBackend final : public Backend {
   void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) override {
     cpu::Linear(x, n, w, bias, y);
   }
-  void Rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int n,
-            int q_heads, int kv_heads, int head_dim) override {
+  void Rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int n, int q_heads,
+            int kv_heads, int head_dim) override {
     cpu::Rope(q, k, positions, inv_freq, n, q_heads, kv_heads, head_dim);
   }
   void SwiGlu(const float* gate, const float* up, int64_t count, float* out) override {

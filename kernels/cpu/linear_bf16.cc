@@ -26,9 +26,9 @@
 #include <tuple>
 #include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
+#include "oneapi/dnnl/dnnl.hpp"
 
 // GCC 12 warns that _mm512_reduce_add_ps reads an uninitialized variable (its own).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -58,8 +58,9 @@ EMBER_BF16_TARGET void RoundRowsToBf16(const float* x, int64_t cols, int64_t pad
     for (int64_t c = 0; c < padded; c += 32) {
       const int64_t left = std::min<int64_t>(32, cols - c);
       const __mmask16 lo = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-      const __mmask16 hi =
-          left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+      const __mmask16 hi = left >= 32  ? 0xFFFF
+                           : left > 16 ? (__mmask16)((1u << (left - 16)) - 1)
+                                       : 0;
       const __m512 a = _mm512_maskz_loadu_ps(lo, src + c);
       const __m512 b = _mm512_maskz_loadu_ps(hi, src + c + 16);
       _mm512_storeu_si512(dst + c, (__m512i)_mm512_cvtne2ps_pbh(b, a));
@@ -83,10 +84,12 @@ EMBER_BF16_TARGET inline void Tile(const uint16_t* xb, int64_t padded, const Mat
     for (int t = 0; t < NT; ++t) acc[j][t] = _mm512_setzero_ps();
   }
   for (int64_t c = 0; c < cols; c += 32) {
-    const __mmask32 mask = c + 32 <= cols ? ~__mmask32{0} : (__mmask32)((uint64_t{1} << (cols - c)) - 1);
+    const __mmask32 mask =
+        c + 32 <= cols ? ~__mmask32{0} : (__mmask32)((uint64_t{1} << (cols - c)) - 1);
     __m512bh wv[R];
 #pragma GCC unroll 4
-    for (int j = 0; j < R; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, wrow + j * cols + c);
+    for (int j = 0; j < R; ++j)
+      wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, wrow + j * cols + c);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + t * padded + c);
@@ -179,7 +182,8 @@ void LibraryGemm(const uint16_t* xb, int64_t padded, int n, const Matrix& w, con
     const dnnl::memory weights(gemm.pd.weights_desc(), Engine(), wdata);
     const dnnl::memory dst(gemm.pd.dst_desc(), Engine(), y + begin);
     thread_local dnnl::stream stream(Engine());
-    gemm.matmul.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    gemm.matmul.execute(stream,
+                        {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
     stream.wait();
     if (bias != nullptr) {
       for (int t = 0; t < n; ++t) {
@@ -192,8 +196,8 @@ void LibraryGemm(const uint16_t* xb, int64_t padded, int n, const Matrix& w, con
 }  // namespace
 
 bool HasBf16DotProducts() {
-  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
+  static const bool has = __builtin_cpu_supports("avx512bf16") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   return has;
 }
 
@@ -208,7 +212,8 @@ void LinearBf16(const float* x, int n, const Matrix& w, const float* bias, float
   if (n < kLibraryGemmTokens) {
     RoundRowsToBf16(x, w.cols, padded, 0, n, xb);
   } else {
-    ParallelFor(n, [&](int64_t begin, int64_t end) { RoundRowsToBf16(x, w.cols, padded, begin, end, xb); });
+    ParallelFor(
+        n, [&](int64_t begin, int64_t end) { RoundRowsToBf16(x, w.cols, padded, begin, end, xb); });
   }
   if (n < kLibraryGemmTokens) {
     OwnLoop(xb, padded, n, w, bias, y);

@@ -175,14 +175,16 @@ TEST_F(CpuOpsTest, SwiGluAndEmbeddingAndGather) {
 }
 
 // Attention over a cache whose blocks are deliberately out of order and shared with
-// another sequence, against dense attention on the same keys.
+// another sequence, against dense attention on the same keys: a whole prefill of one
+// sequence (runs of 16 queries over key tiles of 16, windows cutting tiles), a chunk that
+// continues it, and single decode tokens.
 TEST_F(CpuOpsTest, PagedAttentionMatchesDenseAttentionWithGqaAndWindow) {
   const int block = 4, kv_heads = 2, q_heads = 6, hd = 12, width = kv_heads * hd;
   const int num_blocks = 16;
   std::vector<float> kcache(num_blocks * block * width, NAN), vcache(num_blocks * block * width, NAN);
-  // Sequence 0: 13 tokens in blocks 9, 2, 14, 5; sequence 1: 6 tokens in blocks 0, 11.
-  std::vector<std::vector<int32_t>> tables = {{9, 2, 14, 5}, {0, 11, 0, 0}};
-  const int lengths[] = {13, 6};
+  // Sequence 0: 37 tokens in 10 scattered blocks; sequence 1: 6 tokens in blocks 0, 11.
+  std::vector<std::vector<int32_t>> tables = {{9, 2, 14, 5, 7, 12, 1, 15, 3, 10}, {0, 11, 0, 0, 0, 0, 0, 0, 0, 0}};
+  const int lengths[] = {37, 6};
   std::map<std::pair<int, int>, std::pair<std::vector<float>, std::vector<float>>> kv;
   KvLayer layer{kcache.data(), vcache.data(), ScalarType::kF32, block, kv_heads, hd};
   for (int s = 0; s < 2; ++s) {
@@ -195,18 +197,26 @@ TEST_F(CpuOpsTest, PagedAttentionMatchesDenseAttentionWithGqaAndWindow) {
   }
   std::vector<int32_t> flat_tables;
   for (auto& t : tables) flat_tables.insert(flat_tables.end(), t.begin(), t.end());
-  // Queries: the last 3 positions of sequence 0 and the last of sequence 1.
-  std::vector<int32_t> token_seq = {0, 0, 0, 1}, token_pos = {10, 11, 12, 5};
-  const int n = 4;
+  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> query_sets;  // seq, pos
+  {
+    std::vector<int32_t> seq(37, 0), pos(37);
+    std::iota(pos.begin(), pos.end(), 0);
+    seq.push_back(1);
+    pos.push_back(5);
+    query_sets.emplace_back(seq, pos);
+    query_sets.push_back({{0, 0, 0, 0, 0, 1, 0}, {30, 31, 32, 33, 34, 5, 12}});
+  }
+  for (const auto& [token_seq, token_pos] : query_sets) {
+  const int n = static_cast<int>(token_seq.size());
   auto q = Random(n * q_heads * hd);
-  for (int window : {0, 5}) {
+  for (int window : {0, 5, 19}) {
     std::vector<float> out(n * q_heads * hd, NAN);
     AttentionArgs a;
     a.q = q.data();
     a.out = out.data();
     a.cache = layer;
     a.block_tables = flat_tables.data();
-    a.max_blocks_per_seq = 4;
+    a.max_blocks_per_seq = 10;
     a.token_seq = token_seq.data();
     a.token_pos = token_pos.data();
     a.n = n;
@@ -237,6 +247,7 @@ TEST_F(CpuOpsTest, PagedAttentionMatchesDenseAttentionWithGqaAndWindow) {
         }
       }
     }
+  }
   }
 }
 

@@ -207,47 +207,47 @@ TEST_F(CpuOpsTest, PagedAttentionMatchesDenseAttentionWithGqaAndWindow) {
     query_sets.push_back({{0, 0, 0, 0, 0, 1, 0}, {30, 31, 32, 33, 34, 5, 12}});
   }
   for (const auto& [token_seq, token_pos] : query_sets) {
-  const int n = static_cast<int>(token_seq.size());
-  auto q = Random(n * q_heads * hd);
-  for (int window : {0, 5, 19}) {
-    std::vector<float> out(n * q_heads * hd, NAN);
-    AttentionArgs a;
-    a.q = q.data();
-    a.out = out.data();
-    a.cache = layer;
-    a.block_tables = flat_tables.data();
-    a.max_blocks_per_seq = 10;
-    a.token_seq = token_seq.data();
-    a.token_pos = token_pos.data();
-    a.n = n;
-    a.q_heads = q_heads;
-    a.scale = 0.3f;
-    a.sliding_window = window;
-    backend_->Attention(a);
-    for (int t = 0; t < n; ++t) {
-      for (int h = 0; h < q_heads; ++h) {
-        const int kvh = h / (q_heads / kv_heads);
-        const int first = window > 0 ? std::max(0, token_pos[t] - window + 1) : 0;
-        std::vector<double> w;
-        for (int p = first; p <= token_pos[t]; ++p) {
-          double s = 0;
-          for (int i = 0; i < hd; ++i)
-            s += double(q[(t * q_heads + h) * hd + i]) * kv[{token_seq[t], p}].first[kvh * hd + i];
-          w.push_back(s * 0.3);
-        }
-        const double mx = *std::max_element(w.begin(), w.end());
-        double sum = 0;
-        for (double& x : w) sum += (x = std::exp(x - mx));
-        for (int i = 0; i < hd; ++i) {
-          double ref = 0;
-          for (int p = first; p <= token_pos[t]; ++p)
-            ref += w[p - first] / sum * kv[{token_seq[t], p}].second[kvh * hd + i];
-          ASSERT_NEAR(out[(t * q_heads + h) * hd + i], ref, 1e-5)
-              << "token " << t << " head " << h << " window " << window;
+    const int n = static_cast<int>(token_seq.size());
+    auto q = Random(n * q_heads * hd);
+    for (int window : {0, 5, 19}) {
+      std::vector<float> out(n * q_heads * hd, NAN);
+      AttentionArgs a;
+      a.q = q.data();
+      a.out = out.data();
+      a.cache = layer;
+      a.block_tables = flat_tables.data();
+      a.max_blocks_per_seq = 10;
+      a.token_seq = token_seq.data();
+      a.token_pos = token_pos.data();
+      a.n = n;
+      a.q_heads = q_heads;
+      a.scale = 0.3f;
+      a.sliding_window = window;
+      backend_->Attention(a);
+      for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < q_heads; ++h) {
+          const int kvh = h / (q_heads / kv_heads);
+          const int first = window > 0 ? std::max(0, token_pos[t] - window + 1) : 0;
+          std::vector<double> w;
+          for (int p = first; p <= token_pos[t]; ++p) {
+            double s = 0;
+            for (int i = 0; i < hd; ++i)
+              s += double(q[(t * q_heads + h) * hd + i]) * kv[{token_seq[t], p}].first[kvh * hd + i];
+            w.push_back(s * 0.3);
+          }
+          const double mx = *std::max_element(w.begin(), w.end());
+          double sum = 0;
+          for (double& x : w) sum += (x = std::exp(x - mx));
+          for (int i = 0; i < hd; ++i) {
+            double ref = 0;
+            for (int p = first; p <= token_pos[t]; ++p)
+              ref += w[p - first] / sum * kv[{token_seq[t], p}].second[kvh * hd + i];
+            ASSERT_NEAR(out[(t * q_heads + h) * hd + i], ref, 1e-5)
+                << "token " << t << " head " << h << " window " << window;
+          }
         }
       }
     }
-  }
   }
 }
 

@@ -21,11 +21,11 @@
 #include "loader/model_loader.h"
 #include "loader/progress_bar.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine.h"
-#include "worker/model_config.h"
-#include "worker/model_weights.h"
-#include "worker/npy.h"
-#include "worker/tokenizer.h"
+#include "worker/model/engine.h"
+#include "worker/model/model_config.h"
+#include "worker/model/model_weights.h"
+#include "worker/model/npy.h"
+#include "worker/tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "Model source: s3://BUCKET/PREFIX, https://..., file://PATH or a path");
 ABSL_FLAG(std::string, prompt_ids, "",

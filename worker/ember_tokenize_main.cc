@@ -16,8 +16,8 @@
 #include "loader/cli_args.h"
 #include "loader/json_strict.h"
 #include "nlohmann/json.hpp"
-#include "worker/chat_template.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/chat_template.h"
+#include "worker/tokenizer/tokenizer.h"
 
 ABSL_FLAG(std::string, tokenizer, "", "Path to tokenizer.json (required)");
 ABSL_FLAG(std::string, config, "", "Path to tokenizer_config.json (optional)");

@@ -2,7 +2,7 @@
 // None, keyword arguments), how its refusals and the engine's errors read. (The Jinja engine
 // itself: jinja_test.cc; agreement with transformers on real templates:
 // test_chat_template_reference.py.)
-#include "worker/chat_template.h"
+#include "worker/tokenizer/chat_template.h"
 
 #include <gtest/gtest.h>
 

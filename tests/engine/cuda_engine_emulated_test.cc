@@ -12,8 +12,8 @@
 #include "cuda_runtime.h"
 #include "kernels/backend.h"
 #include "tests/engine/random_model.h"
-#include "worker/engine.h"
-#include "worker/model_weights.h"
+#include "worker/model/engine.h"
+#include "worker/model/model_weights.h"
 
 namespace ember::worker {
 namespace {

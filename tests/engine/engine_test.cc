@@ -1,7 +1,7 @@
 // The engine's batching contract on the CPU backend: a sequence's results do not depend
 // on what else is in its step, sequences can join a running batch, KV exhaustion is a
 // reported condition that changes nothing, and finished sequences give their blocks back.
-#include "worker/engine.h"
+#include "worker/model/engine.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 
 #include "kernels/backend.h"
 #include "tests/engine/random_model.h"
-#include "worker/model_weights.h"
+#include "worker/model/model_weights.h"
 
 namespace ember::worker {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 #include "nlohmann/json.hpp"
-#include "worker/jinja/template.h"
+#include "worker/tokenizer/jinja/template.h"
 
 namespace ember::jinja {
 namespace {

@@ -1,13 +1,13 @@
 // config.json parsing and weight binding: the accepted layouts and the errors that name
 // what is wrong.
-#include "worker/model_config.h"
+#include "worker/model/model_config.h"
 
 #include <gtest/gtest.h>
 
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/random_model.h"
-#include "worker/model_weights.h"
+#include "worker/model/model_weights.h"
 
 namespace ember::worker {
 namespace {

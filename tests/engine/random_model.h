@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "loader/model_loader.h"
-#include "worker/model_config.h"
+#include "worker/model/model_config.h"
 
 namespace ember::testing {
 

@@ -2,7 +2,7 @@
 // its lookahead emulation, BPE merge order, byte fallback, added-token rules, errors that
 // name the component and the JSON path, and streaming decode across split characters.
 // (Agreement with Hugging Face tokenizers on real layouts: test_tokenizer_reference.py.)
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 
@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "nlohmann/json.hpp"
-#include "worker/byte_level.h"
-#include "worker/tokenizer_regex.h"
+#include "worker/tokenizer/byte_level.h"
+#include "worker/tokenizer/tokenizer_regex.h"
 
 namespace ember::worker {
 namespace {

@@ -12,7 +12,7 @@
 
 #include "ember/v1/inference.grpc.pb.h"
 #include "tests/loader/test_servers.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 namespace ember {
 namespace {

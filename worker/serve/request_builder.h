@@ -11,9 +11,9 @@
 
 #include "absl/status/statusor.h"
 #include "ember/v1/inference.pb.h"
-#include "worker/chat_template.h"
+#include "worker/tokenizer/chat_template.h"
 #include "worker/serve/scheduler.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 namespace ember::worker {
 

@@ -25,9 +25,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "worker/engine.h"
+#include "worker/model/engine.h"
 #include "worker/serve/metrics.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 namespace ember::worker {
 

@@ -8,7 +8,7 @@
 #include "loader/log.h"
 #include "loader/node_cache.h"
 #include "loader/status_macros.h"
-#include "worker/model_weights.h"
+#include "worker/model/model_weights.h"
 
 namespace ember::worker {
 namespace {

@@ -12,13 +12,13 @@
 #include "ember/v1/inference.pb.h"
 #include "kernels/backend.h"
 #include "loader/model_loader.h"
-#include "worker/chat_template.h"
-#include "worker/engine.h"
-#include "worker/model_config.h"
+#include "worker/tokenizer/chat_template.h"
+#include "worker/model/engine.h"
+#include "worker/model/model_config.h"
 #include "worker/serve/metrics.h"
 #include "worker/serve/request_builder.h"
 #include "worker/serve/scheduler.h"
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 namespace ember::worker {
 

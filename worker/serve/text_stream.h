@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 namespace ember::worker {
 

@@ -6,7 +6,7 @@
 #include "grpcpp/impl/codegen/proto_buffer_reader.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
 #include "google/protobuf/unknown_field_set.h"
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 namespace ember::v1 {
 namespace {

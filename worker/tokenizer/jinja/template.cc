@@ -1,7 +1,7 @@
 // The evaluator: statements and expressions over Values with Jinja2's scoping (a for loop's
 // body and a macro's body assign into their own frame; namespaces carry state out), the
 // filters, tests and globals chat templates use, and the limits that bound one render.
-#include "worker/jinja/template.h"
+#include "worker/tokenizer/jinja/template.h"
 
 #include <algorithm>
 #include <charconv>
@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "loader/status_macros.h"
-#include "worker/jinja/parser.h"
+#include "worker/tokenizer/jinja/parser.h"
 
 namespace ember::jinja {
 namespace {

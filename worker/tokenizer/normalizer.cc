@@ -1,12 +1,12 @@
 // The normalizers of tokenizer.json that the supported model families use, with the
 // semantics of Hugging Face tokenizers (normalizers/{unicode,prepend,replace}.rs).
-#include "worker/normalizer.h"
+#include "worker/tokenizer/normalizer.h"
 
 #include <vector>
 
-#include "worker/tokenizer_json.h"
-#include "worker/tokenizer_regex.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "worker/tokenizer/tokenizer_regex.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 namespace {

@@ -9,7 +9,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "loader/model_loader.h"
-#include "worker/model_config.h"
+#include "worker/model/model_config.h"
 
 namespace ember::worker {
 

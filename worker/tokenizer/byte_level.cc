@@ -1,9 +1,9 @@
 // The byte-level alphabet as GPT-2's bytes_to_unicode() builds it.
-#include "worker/byte_level.h"
+#include "worker/tokenizer/byte_level.h"
 
 #include <array>
 
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 namespace ember::worker::byte_level {
 namespace {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/jinja/value.h"
+#include "worker/tokenizer/jinja/value.h"
 
 namespace ember::jinja {
 

@@ -1,6 +1,6 @@
 // .npy format 1.0 writer (numpy.lib.format): magic, version, header length, header dict
 // padded with spaces to a multiple of 64 bytes, then the raw little-endian data.
-#include "worker/npy.h"
+#include "worker/model/npy.h"
 
 #include <cerrno>
 #include <cstdio>

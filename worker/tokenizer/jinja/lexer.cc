@@ -1,6 +1,6 @@
 // Jinja2's lexer (jinja2/lexer.py) for the default delimiters, with trim_blocks,
 // lstrip_blocks and keep_trailing_newline=False, as transformers configures it.
-#include "worker/jinja/lexer.h"
+#include "worker/tokenizer/jinja/lexer.h"
 
 #include <algorithm>
 #include <cctype>
@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 namespace ember::jinja {
 namespace {

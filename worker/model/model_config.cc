@@ -1,7 +1,7 @@
 // config.json for the Llama family, read field by field with errors that name the field.
 // Both layouts transformers has written are accepted: rope_theta + rope_scaling (v4 and
 // most checkpoints on the Hub) and rope_parameters (v5).
-#include "worker/model_config.h"
+#include "worker/model/model_config.h"
 
 #include <cmath>
 #include <optional>

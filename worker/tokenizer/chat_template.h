@@ -1,7 +1,7 @@
 // Chat requests rendered into a prompt by the model's own Jinja chat template, as
 // transformers' apply_chat_template renders them: the template (tokenizer_config.json's
 // chat_template, or chat_template.jinja) is parsed once at load by Ember's Jinja engine
-// (worker/jinja/) and rendered with the variables transformers passes: messages, tools,
+// (worker/tokenizer/jinja/) and rendered with the variables transformers passes: messages, tools,
 // documents, add_generation_prompt, the tokenizer's special tokens (bos_token, eos_token,
 // ...), template keyword arguments (e.g. enable_thinking), raise_exception and strftime_now.
 #pragma once
@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
-#include "worker/jinja/template.h"
+#include "worker/tokenizer/jinja/template.h"
 
 namespace ember::worker {
 

@@ -1,17 +1,17 @@
 // The pre-tokenizers of tokenizer.json that the supported model families use, with the
 // split semantics of Hugging Face tokenizers (NormalizedString::split and the
 // pre_tokenizers/{split,byte_level,metaspace,digits,sequence}.rs components).
-#include "worker/pretokenizer.h"
+#include "worker/tokenizer/pretokenizer.h"
 
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "worker/byte_level.h"
-#include "worker/tokenizer_json.h"
-#include "worker/tokenizer_regex.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/byte_level.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "worker/tokenizer/tokenizer_regex.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 namespace {

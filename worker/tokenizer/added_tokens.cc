@@ -1,9 +1,9 @@
 // Added-token matching as Hugging Face's AddedVocabulary::find_matches does it.
-#include "worker/added_tokens.h"
+#include "worker/tokenizer/added_tokens.h"
 
 #include <algorithm>
 
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 

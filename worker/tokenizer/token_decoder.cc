@@ -1,15 +1,15 @@
 // The decoder stages, each the streaming form of a Hugging Face decoder
 // (decoders/{byte_level,byte_fallback,fuse,strip,metaspace}.rs, normalizers/replace.rs).
-#include "worker/token_decoder.h"
+#include "worker/tokenizer/token_decoder.h"
 
 #include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "worker/byte_level.h"
-#include "worker/tokenizer_json.h"
-#include "worker/tokenizer_regex.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/byte_level.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "worker/tokenizer/tokenizer_regex.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 namespace {

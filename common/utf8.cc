@@ -1,6 +1,6 @@
 // UTF-8 decoding by Unicode Table 3-7 (well-formed byte sequences) and the few Unicode
 // properties the tokenizer needs.
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 #include <utf8proc.h>
 

@@ -1,6 +1,6 @@
 // Oniguruma-to-RE2 translation of pre-tokenizer patterns and the match iterator with the
 // `\s+(?!\S)` emulation described in tokenizer_regex.h.
-#include "worker/tokenizer_regex.h"
+#include "worker/tokenizer/tokenizer_regex.h"
 
 #include <re2/re2.h>
 
@@ -9,8 +9,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "worker/tokenizer_json.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 namespace {

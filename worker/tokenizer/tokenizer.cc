@@ -8,19 +8,19 @@
 //                  continuing_subword_prefix, end_of_word_suffix, ignore_merges)
 //   post_processor TemplateProcessing (single), ByteLevel, Sequence
 //   decoder        ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace, Sequence
-#include "worker/tokenizer.h"
+#include "worker/tokenizer/tokenizer.h"
 
 #include <algorithm>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "loader/json_strict.h"
-#include "worker/added_tokens.h"
-#include "worker/bpe.h"
-#include "worker/normalizer.h"
-#include "worker/pretokenizer.h"
-#include "worker/tokenizer_json.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/added_tokens.h"
+#include "worker/tokenizer/bpe.h"
+#include "worker/tokenizer/normalizer.h"
+#include "worker/tokenizer/pretokenizer.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 

@@ -11,9 +11,9 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
-#include "worker/kv_cache.h"
-#include "worker/model_config.h"
-#include "worker/model_weights.h"
+#include "worker/model/kv_cache.h"
+#include "worker/model/model_config.h"
+#include "worker/model/model_weights.h"
 
 namespace ember::worker {
 

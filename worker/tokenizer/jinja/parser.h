@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/jinja/lexer.h"
-#include "worker/jinja/value.h"
+#include "worker/tokenizer/jinja/lexer.h"
+#include "worker/tokenizer/jinja/value.h"
 
 namespace ember::jinja {
 

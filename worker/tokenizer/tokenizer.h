@@ -21,7 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "nlohmann/json.hpp"
-#include "worker/token_decoder.h"
+#include "worker/tokenizer/token_decoder.h"
 
 namespace ember::worker {
 

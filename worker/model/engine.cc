@@ -1,6 +1,6 @@
 // The batched forward pass of the Llama family over the op interface, and the step
 // bookkeeping around it (validation, KV block reservation, step metadata).
-#include "worker/engine.h"
+#include "worker/model/engine.h"
 
 #include <algorithm>
 #include <cmath>

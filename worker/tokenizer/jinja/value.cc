@@ -1,7 +1,7 @@
 // Python's semantics for Jinja values, as CPython implements them where a chat template can
 // see the difference (float printing, floor division, str.split without a separator, ...).
 // Letter case is ASCII-only: upper()/lower()/title() leave other letters as they are.
-#include "worker/jinja/value.h"
+#include "worker/tokenizer/jinja/value.h"
 
 #include <algorithm>
 #include <charconv>

@@ -1,4 +1,4 @@
-#include "worker/chat_template.h"
+#include "worker/tokenizer/chat_template.h"
 
 #include <utility>
 

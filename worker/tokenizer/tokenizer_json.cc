@@ -1,10 +1,10 @@
 // Typed field access for tokenizer.json with errors that name the JSON path.
-#include "worker/tokenizer_json.h"
+#include "worker/tokenizer/tokenizer_json.h"
 
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
-#include "worker/utf8.h"
+#include "common/utf8.h"
 
 namespace ember::worker::tokenizer_json {
 namespace {

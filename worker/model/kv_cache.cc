@@ -1,5 +1,5 @@
 // Paged KV cache: block allocation and the per-layer views of the storage.
-#include "worker/kv_cache.h"
+#include "worker/model/kv_cache.h"
 
 #include <algorithm>
 

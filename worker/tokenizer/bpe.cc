@@ -1,15 +1,15 @@
 // BPE encoding with the exact merge order of Hugging Face tokenizers (models/bpe/word.rs):
 // a priority queue of (rank, position) that always applies the lowest-ranked pair that is
 // still present, leftmost first, so ids match the reference bit for bit.
-#include "worker/bpe.h"
+#include "worker/tokenizer/bpe.h"
 
 #include <algorithm>
 #include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/tokenizer_json.h"
-#include "worker/utf8.h"
+#include "worker/tokenizer/tokenizer_json.h"
+#include "common/utf8.h"
 
 namespace ember::worker {
 namespace {

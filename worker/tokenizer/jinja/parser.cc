@@ -2,7 +2,7 @@
 // jinja2/parser.py: its precedence (or < and < not < comparisons < + - < ~ < * / // % < ** <
 // unary < postfix and filters) and its quirks ('**' is left-associative, filters bind tighter
 // than unary minus's operand but after it: -x|abs is (-x)|abs).
-#include "worker/jinja/parser.h"
+#include "worker/tokenizer/jinja/parser.h"
 
 #include <algorithm>
 

@@ -1,6 +1,6 @@
 // Weight binding by Hugging Face tensor names (model.layers.N.self_attn.q_proj.weight,
 // ...), with all problems collected into one error.
-#include "worker/model_weights.h"
+#include "worker/model/model_weights.h"
 
 #include <set>
 

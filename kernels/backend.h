@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 #include <string>
 #include <utility>
@@ -100,6 +101,12 @@ class Backend {
   // y[n, w.rows] = x[n, w.cols] · wᵀ (+ bias[w.rows] when not null); FP32 accumulation.
   virtual void Linear(const float* x, int n, const Matrix& w, const float* bias,
                       float* y) = 0;
+  // Linear for several weights that share their input (q, k and v; gate and up), each
+  // output as Linear would write it. A backend may run them as one op; by default, one
+  // Linear each.
+  virtual void Linears(const float* x, int n, std::span<const LinearOut> outs) {
+    for (const LinearOut& o : outs) Linear(x, n, *o.w, o.bias, o.y);
+  }
   // Rotary embedding in place, Hugging Face's rotate-half layout: for i < head_dim/2 the
   // pair (i, i + head_dim/2) turns by pos * inv_freq[i]. q: [n, q_heads, head_dim],
   // k: [n, kv_heads, head_dim].

@@ -34,6 +34,13 @@ struct Matrix {
   size_t bytes() const { return static_cast<size_t>(rows * cols) * ScalarBytes(type); }
 };
 
+// One output of Backend::Linears: y[n, w->rows] = x · w->ᵀ (+ bias when not null).
+struct LinearOut {
+  const Matrix* w = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+};
+
 // One layer's slice of the paged KV cache. Slot s (= block * block_size + offset)
 // holds one token: k[s] is [kv_heads, head_dim], likewise v.
 struct KvLayer {

@@ -71,6 +71,9 @@ class CpuBackend final : public Backend {
   void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) override {
     cpu::Linear(x, n, w, bias, y);
   }
+  void Linears(const float* x, int n, std::span<const LinearOut> outs) override {
+    cpu::Linears(x, n, outs);
+  }
   void Rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int n, int q_heads,
             int kv_heads, int head_dim) override {
     cpu::Rope(q, k, positions, inv_freq, n, q_heads, kv_heads, head_dim);

@@ -1,6 +1,7 @@
 // CPU linear layer y = x · Wᵀ (+ bias) over BF16/F16/F32 weights with FP32 accumulation.
 // Decode is bound by reading the weights, so each weight row is read from memory once
 // per step and converted in registers, four tokens sharing every load.
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -114,12 +115,21 @@ void RowToF32(const void* src, ScalarType type, int64_t count, float* dst) {
 }
 
 void Linear(const float* x, int n, const Matrix& w, const float* bias, float* y) {
-  if (w.type == ScalarType::kBF16 && UsesBf16Compute()) return LinearBf16(x, n, w, bias, y);
+  const LinearOut out{&w, bias, y};
+  if (w.type == ScalarType::kBF16 && UsesBf16Compute()) return LinearBf16(x, n, {&out, 1});
   switch (w.type) {
     case ScalarType::kF32: return LinearTyped<ScalarType::kF32>(x, n, w, bias, y);
     case ScalarType::kBF16: return LinearTyped<ScalarType::kBF16>(x, n, w, bias, y);
     case ScalarType::kF16: return LinearTyped<ScalarType::kF16>(x, n, w, bias, y);
   }
+}
+
+void Linears(const float* x, int n, std::span<const LinearOut> outs) {
+  const bool together = UsesBf16Compute() && std::all_of(outs.begin(), outs.end(), [&](const LinearOut& o) {
+    return o.w->type == ScalarType::kBF16 && o.w->cols == outs[0].w->cols;
+  });
+  if (together) return LinearBf16(x, n, outs);
+  for (const LinearOut& o : outs) Linear(x, n, *o.w, o.bias, o.y);
 }
 
 }  // namespace ember::kernels::cpu

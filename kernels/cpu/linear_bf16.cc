@@ -122,14 +122,13 @@ void RowsAnyTile(int nt, const uint16_t* xb, int64_t padded, const Matrix& w, co
   ((nt == NT + 1 ? RowsTile<NT + 1>(xb, padded, w, bias, y, begin, end) : void()), ...);
 }
 
-void OwnLoop(const uint16_t* xb, int64_t padded, int n, const Matrix& w, const float* bias,
-             float* y) {
-  ParallelFor(w.rows, [&](int64_t begin, int64_t end) {
-    for (int t = 0; t < n; t += kTokenTile) {
-      RowsAnyTile(std::min(kTokenTile, n - t), xb + t * padded, padded, w, bias, y + t * w.rows,
-                  begin, end, std::make_integer_sequence<int, kTokenTile>{});
-    }
-  });
+// Ember's loop over the weight rows [begin, end) for every token, kTokenTile at a time.
+void OwnRows(const uint16_t* xb, int64_t padded, int n, const Matrix& w, const float* bias,
+             float* y, int64_t begin, int64_t end) {
+  for (int t = 0; t < n; t += kTokenTile) {
+    RowsAnyTile(std::min(kTokenTile, n - t), xb + t * padded, padded, w, bias, y + t * w.rows,
+                begin, end, std::make_integer_sequence<int, kTokenTile>{});
+  }
 }
 
 // ---- oneDNN ------------------------------------------------------------------------------
@@ -170,27 +169,23 @@ void UseOneOpenMpThread() {
   (void)done;
 }
 
-void LibraryGemm(const uint16_t* xb, int64_t padded, int n, const Matrix& w, const float* bias,
-                 float* y) {
-  const int64_t slices = (w.rows + kRowsPerSlice - 1) / kRowsPerSlice;
-  ParallelFor(slices, [&](int64_t first, int64_t last) {
-    UseOneOpenMpThread();
-    const int64_t begin = first * kRowsPerSlice, end = std::min(w.rows, last * kRowsPerSlice);
-    const Gemm& gemm = GemmFor({n, end - begin, w.cols, padded, w.rows});
-    auto* wdata = static_cast<uint16_t*>(const_cast<void*>(w.data)) + begin * w.cols;
-    const dnnl::memory src(gemm.pd.src_desc(), Engine(), const_cast<uint16_t*>(xb));
-    const dnnl::memory weights(gemm.pd.weights_desc(), Engine(), wdata);
-    const dnnl::memory dst(gemm.pd.dst_desc(), Engine(), y + begin);
-    thread_local dnnl::stream stream(Engine());
-    gemm.matmul.execute(stream,
-                        {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
-    stream.wait();
-    if (bias != nullptr) {
-      for (int t = 0; t < n; ++t) {
-        for (int64_t r = begin; r < end; ++r) y[t * w.rows + r] += bias[r];
-      }
+// oneDNN's GEMM for the weight rows [begin, end), single-threaded on the calling thread.
+void LibraryGemmRows(const uint16_t* xb, int64_t padded, int n, const Matrix& w,
+                     const float* bias, float* y, int64_t begin, int64_t end) {
+  UseOneOpenMpThread();
+  const Gemm& gemm = GemmFor({n, end - begin, w.cols, padded, w.rows});
+  auto* wdata = static_cast<uint16_t*>(const_cast<void*>(w.data)) + begin * w.cols;
+  const dnnl::memory src(gemm.pd.src_desc(), Engine(), const_cast<uint16_t*>(xb));
+  const dnnl::memory weights(gemm.pd.weights_desc(), Engine(), wdata);
+  const dnnl::memory dst(gemm.pd.dst_desc(), Engine(), y + begin);
+  thread_local dnnl::stream stream(Engine());
+  gemm.matmul.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+  stream.wait();
+  if (bias != nullptr) {
+    for (int t = 0; t < n; ++t) {
+      for (int64_t r = begin; r < end; ++r) y[t * w.rows + r] += bias[r];
     }
-  });
+  }
 }
 
 }  // namespace
@@ -201,25 +196,41 @@ bool HasBf16DotProducts() {
   return has;
 }
 
-void LinearBf16(const float* x, int n, const Matrix& w, const float* bias, float* y) {
-  const int64_t padded = (w.cols + 31) / 32 * 32;
+void LinearBf16(const float* x, int n, std::span<const LinearOut> outs) {
+  const int64_t cols = outs[0].w->cols, padded = (cols + 31) / 32 * 32;
   // The caller's scratch (a lambda names a thread_local directly, so the pool's threads are
-  // given the pointer).
+  // given the pointer). The activations are rounded once for every output.
   thread_local std::vector<uint16_t> scratch;
   if (scratch.size() < static_cast<size_t>(n * padded)) scratch.resize(n * padded);
   uint16_t* xb = scratch.data();
+  const bool own = n < kLibraryGemmTokens;
   // A decode step's few rows take less time to round than the pool takes to wake.
-  if (n < kLibraryGemmTokens) {
-    RoundRowsToBf16(x, w.cols, padded, 0, n, xb);
+  if (own) {
+    RoundRowsToBf16(x, cols, padded, 0, n, xb);
   } else {
-    ParallelFor(
-        n, [&](int64_t begin, int64_t end) { RoundRowsToBf16(x, w.cols, padded, begin, end, xb); });
+    ParallelFor(n, [&](int64_t begin, int64_t end) { RoundRowsToBf16(x, cols, padded, begin, end, xb); });
   }
-  if (n < kLibraryGemmTokens) {
-    OwnLoop(xb, padded, n, w, bias, y);
-  } else {
-    LibraryGemm(xb, padded, n, w, bias, y);
+  // Units of work numbered across the outputs (single rows for Ember's loop, 64-row slices
+  // for oneDNN), so one parallel loop covers all of them.
+  const int64_t unit = own ? 1 : kRowsPerSlice;
+  std::vector<int64_t> first_unit(outs.size() + 1, 0);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    first_unit[i + 1] = first_unit[i] + (outs[i].w->rows + unit - 1) / unit;
   }
+  ParallelFor(first_unit.back(), [&](int64_t first, int64_t last) {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const int64_t lo = std::max(first, first_unit[i]), hi = std::min(last, first_unit[i + 1]);
+      if (lo >= hi) continue;
+      const LinearOut& o = outs[i];
+      const int64_t begin = (lo - first_unit[i]) * unit;
+      const int64_t end = std::min(o.w->rows, (hi - first_unit[i]) * unit);
+      if (own) {
+        OwnRows(xb, padded, n, *o.w, o.bias, o.y, begin, end);
+      } else {
+        LibraryGemmRows(xb, padded, n, *o.w, o.bias, o.y, begin, end);
+      }
+    }
+  });
 }
 
 }  // namespace ember::kernels::cpu

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <span>
 
 #include "kernels/backend.h"
 
@@ -43,9 +44,10 @@ void GatherRows(const float* in, const int32_t* rows, int n_rows, int width, flo
 void Sample(const float* logits, int n_rows, int vocab, const SamplingRow* rows,
             int32_t* tokens);
 
-// y = x · Wᵀ for BF16 weights with x rounded to BF16 (linear_bf16.cc); only where
-// HasBf16DotProducts().
-void LinearBf16(const float* x, int n, const Matrix& w, const float* bias, float* y);
+void Linears(const float* x, int n, std::span<const LinearOut> outs);
+// y = x · Wᵀ for every output, BF16 weights of one width, x rounded to BF16 once
+// (linear_bf16.cc); only where HasBf16DotProducts().
+void LinearBf16(const float* x, int n, std::span<const LinearOut> outs);
 bool HasBf16DotProducts();
 
 // Converts `count` elements of a BF16/F16/F32 row to F32 (vectorized).

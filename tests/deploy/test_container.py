@@ -43,6 +43,8 @@ SONAME_PACKAGES = [
     (r"libre2\.so", "libre2-10"),
     (r"libutf8proc\.so", "libutf8proc3"),  # the tokenizer's Unicode normalization
     (r"libmicrohttpd\.so", "libmicrohttpd12t64"),  # the worker's /metrics endpoint
+    (r"libdnnl\.so", "libdnnl3"),  # oneDNN: the CPU backend's BF16 GEMM (noble ships oneDNN 3.1)
+    (r"libgomp\.so", "libgomp1"),  # OpenMP, which Ubuntu's oneDNN is built on
     (r"(libc|libm|libdl|librt|libpthread|libresolv)\.so|ld-linux[\w-]*\.so|linux-vdso\.so", BASE_IMAGE),
     (r"libstdc\+\+\.so|libgcc_s\.so|libz\.so", BASE_IMAGE),
     (r"libcudart\.so|libcublas(Lt)?\.so|libcurand\.so|libnvrtc[\w-]*\.so|libnvJitLink\.so", BASE_IMAGE),

@@ -106,6 +106,42 @@ TEST_F(CpuOpsTest, LinearInBf16PrecisionMatchesADoubleReferenceOverRoundedActiva
   }
 }
 
+// Linears (outputs sharing one input, as q/k/v and gate/up do) writes what one Linear per
+// output writes, in both precisions, with row counts that split unevenly over the threads
+// and, in BF16, over oneDNN's 64-row slices; an output that cannot join (F32 weights, or
+// another width) is computed on its own.
+TEST_F(CpuOpsTest, LinearsEqualOneLinearPerOutput) {
+  struct Restore {
+    ~Restore() { cpu::SetComputePrecision(cpu::ComputePrecision::kF32); }
+  } restore;
+  for (auto precision : {cpu::ComputePrecision::kF32, cpu::ComputePrecision::kBf16}) {
+    cpu::SetComputePrecision(precision);
+    for (int n : {1, 5, 67}) {
+      const int cols = 131;
+      auto a = MakeMatrix(Random(33 * cols), ScalarType::kBF16, 33, cols);
+      auto b = MakeMatrix(Random(130 * cols), ScalarType::kBF16, 130, cols);
+      auto c = MakeMatrix(Random(17 * cols), ScalarType::kF32, 17, cols);
+      auto x = Random(n * cols);
+      auto bias = Random(130);
+      for (const bool with_f32 : {false, true}) {
+        std::vector<float> ya(n * 33, NAN), yb(n * 130, NAN), yc(n * 17, NAN);
+        std::vector<LinearOut> outs = {{&a.m, nullptr, ya.data()}, {&b.m, bias.data(), yb.data()}};
+        if (with_f32) outs.push_back({&c.m, nullptr, yc.data()});
+        backend_->Linears(x.data(), n, outs);
+        for (const LinearOut& o : outs) {
+          std::vector<float> alone(n * o.w->rows, NAN);
+          backend_->Linear(x.data(), n, *o.w, o.bias, alone.data());
+          for (size_t i = 0; i < alone.size(); ++i) {
+            ASSERT_NEAR(o.y[i], alone[i], 1e-5 * std::sqrt(double(cols)))
+                << "n=" << n << " rows=" << o.w->rows << " with an F32 output: " << with_f32
+                << ", precision " << (precision == cpu::ComputePrecision::kBf16 ? "bf16" : "f32");
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CpuOpsTest, AddRmsNormAddsTheResidualThenNormalizes) {
   const int n = 3, hidden = 1001;
   auto x = Random(n * hidden), residual = Random(n * hidden), weight = Random(hidden);

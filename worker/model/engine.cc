@@ -389,9 +389,8 @@ void Engine::Forward(const StepLayout& layout) {
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
     b.AddRmsNorm(l == 0 ? nullptr : x, residual, w.input_norm, T, H, eps, h);
-    b.Linear(h, T, w.q, w.q_bias, q);
-    b.Linear(h, T, w.k, w.k_bias, k);
-    b.Linear(h, T, w.v, w.v_bias, v);
+    const kernels::LinearOut qkv[] = {{&w.q, w.q_bias, q}, {&w.k, w.k_bias, k}, {&w.v, w.v_bias, v}};
+    b.Linears(h, T, qkv);
     if (c.qk_norm) {  // each head's query and key normalized over head_dim, in place
       b.AddRmsNorm(nullptr, q, w.q_norm, T * c.num_heads, c.head_dim, eps, q);
       b.AddRmsNorm(nullptr, k, w.k_norm, T * c.num_kv_heads, c.head_dim, eps, k);
@@ -402,8 +401,8 @@ void Engine::Forward(const StepLayout& layout) {
     b.Attention(attention);
     b.Linear(attn, T, w.o, w.o_bias, x);
     b.AddRmsNorm(x, residual, w.post_attention_norm, T, H, eps, h);
-    b.Linear(h, T, w.gate, w.gate_bias, gate);
-    b.Linear(h, T, w.up, w.up_bias, up);
+    const kernels::LinearOut gate_up[] = {{&w.gate, w.gate_bias, gate}, {&w.up, w.up_bias, up}};
+    b.Linears(h, T, gate_up);
     b.SwiGlu(gate, up, static_cast<int64_t>(T) * c.intermediate_size, gate);
     b.Linear(gate, T, w.down, w.down_bias, x);
   }

@@ -22,6 +22,7 @@
 #include "loader/progress_bar.h"
 #include "nlohmann/json.hpp"
 #include "worker/model/engine.h"
+#include "worker/model/generate.h"
 #include "worker/model/model_config.h"
 #include "worker/model/model_weights.h"
 #include "worker/model/npy.h"
@@ -105,14 +106,6 @@ bool ParsePrompts(const std::string& text, std::vector<std::vector<int32_t>>* pr
   return true;
 }
 
-struct Generation {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> output;
-  std::vector<std::vector<float>> logits;  // one row per generated position
-  int prefilled = 0;
-  bool done = false;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -188,98 +181,34 @@ int main(int argc, char** argv) {
   if (!engine.ok()) return Fail(engine.status());
   const double t_ready = Now();
 
-  ember::worker::SamplingParams sampling;
-  sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
-  sampling.top_k = absl::GetFlag(FLAGS_top_k);
-  sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
-  sampling.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
-  const bool want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
-  const bool ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
-
-  std::vector<Generation> gens(prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    gens[i].prompt = prompts[i];
-    if (absl::Status s = (*engine)->AddSequence(i); !s.ok()) return Fail(s);
-  }
-  // A simple schedule: prefill chunks first (as many as fit a step), then every running
-  // sequence decodes one token per step. The worker's scheduler interleaves them.
-  const double t_gen = Now();
-  double t_first = 0;
-  int64_t prompt_tokens = 0, generated = 0, steps = 0;
-  for (const auto& p : prompts) prompt_tokens += p.size();
-  while (true) {
-    std::vector<ember::worker::StepInput> inputs;
-    std::vector<int32_t> last_token(gens.size());
-    int budget = options.max_step_tokens;
-    for (size_t i = 0; i < gens.size() && budget > 0; ++i) {
-      Generation& g = gens[i];
-      if (g.done) continue;
-      ember::worker::StepInput in;
-      in.sequence = i;
-      in.sampling = sampling;
-      in.sampling.seed = absl::GetFlag(FLAGS_seed) + i;
-      in.want_logits = want_logits;
-      if (g.prefilled < static_cast<int>(g.prompt.size())) {
-        const int n = std::min<int>(budget, g.prompt.size() - g.prefilled);
-        in.tokens = std::span<const int32_t>(g.prompt.data() + g.prefilled, n);
-        in.sample = g.prefilled + n == static_cast<int>(g.prompt.size());
-        in.want_logits = in.sample && want_logits;
-        g.prefilled += n;
-        budget -= n;
-      } else {
-        last_token[i] = g.output.back();
-        in.tokens = std::span<const int32_t>(&last_token[i], 1);
-        budget -= 1;
-      }
-      inputs.push_back(in);
-    }
-    if (inputs.empty()) break;
-    auto outputs = (*engine)->Step(inputs);
-    if (!outputs.ok()) return Fail(outputs.status());
-    ++steps;
-    for (auto& o : *outputs) {
-      Generation& g = gens[o.sequence];
-      if (o.token < 0) continue;
-      if (t_first == 0) t_first = Now();
-      g.output.push_back(o.token);
-      if (want_logits) g.logits.push_back(std::move(o.logits));
-      ++generated;
-      const auto& eos = config->eos_token_ids;
-      const bool is_eos = std::find(eos.begin(), eos.end(), o.token) != eos.end() ||
-                          (tokenizer && tokenizer->eos_id() == o.token);
-      if (static_cast<int>(g.output.size()) >= max_tokens || (is_eos && !ignore_eos)) {
-        g.done = true;
-        (*engine)->RemoveSequence(o.sequence);
-      }
-    }
-  }
-  const double t_end = Now();
-
-  if (want_logits) {
-    const int64_t vocab = config->vocab_size;
-    size_t rows = 0;
-    for (const auto& g : gens) rows = std::max(rows, g.logits.size());
-    std::vector<float> data;
-    data.reserve(gens.size() * rows * vocab);
-    for (const auto& g : gens) {
-      for (size_t r = 0; r < rows; ++r) {
-        if (r < g.logits.size()) {
-          data.insert(data.end(), g.logits[r].begin(), g.logits[r].end());
-        } else {
-          data.insert(data.end(), vocab, std::numeric_limits<float>::quiet_NaN());
-        }
-      }
-    }
-    std::vector<int64_t> shape = {static_cast<int64_t>(rows), vocab};
-    if (gens.size() > 1) shape.insert(shape.begin(), static_cast<int64_t>(gens.size()));
+  ember::worker::GenerateOptions generate;
+  generate.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  generate.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  generate.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  generate.sampling.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
+  generate.sampling.seed = absl::GetFlag(FLAGS_seed);
+  generate.max_tokens = max_tokens;
+  generate.eos_ids = config->eos_token_ids;
+  if (tokenizer && tokenizer->eos_id()) generate.eos_ids.push_back(*tokenizer->eos_id());
+  generate.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  generate.want_logits = !absl::GetFlag(FLAGS_logits_out).empty();
+  auto result = ember::worker::GenerateAll(**engine, prompts, generate);
+  if (!result.ok()) return Fail(result.status());
+  const std::vector<ember::worker::Generation>& gens = result->generations;
+  if (generate.want_logits) {
+    std::vector<int64_t> shape;
+    const std::vector<float> data = ember::worker::StackLogits(gens, config->vocab_size, &shape);
     if (absl::Status s = ember::worker::WriteNpyFloat32(absl::GetFlag(FLAGS_logits_out), shape, data);
         !s.ok()) {
       return Fail(s);
     }
   }
+  int64_t prompt_tokens = 0;
+  for (const auto& p : prompts) prompt_tokens += p.size();
+  const int64_t generated = result->generated;
 
   // Decode speed: tokens after each sequence's first, over the time after the first token.
-  const double decode_s = t_end - t_first;
+  const double decode_s = result->total_s - result->first_token_s;
   const int64_t decode_tokens = generated - static_cast<int64_t>(gens.size());
   const double tps = decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0;
   if (absl::GetFlag(FLAGS_json)) {
@@ -294,9 +223,9 @@ int main(int argc, char** argv) {
     }
     out["prompt_tokens"] = prompt_tokens;
     out["generated_tokens"] = generated;
-    out["steps"] = steps;
+    out["steps"] = result->steps;
     out["load_s"] = t_ready - t_start;
-    out["time_to_first_token_s"] = t_first - t_gen;
+    out["time_to_first_token_s"] = result->first_token_s;
     out["decode_s"] = decode_s;
     out["decode_tokens_per_s"] = tps;
     out["batch"] = gens.size();
@@ -311,7 +240,7 @@ int main(int argc, char** argv) {
     std::cout << absl::StrFormat(
         "backend %s: loaded and ready in %.2f s; prompt %d tokens, first token after %.1f ms; "
         "%d tokens generated, decode %.1f tokens/s at batch %d\n",
-        (*backend)->name(), t_ready - t_start, prompt_tokens, (t_first - t_gen) * 1e3, generated,
+        (*backend)->name(), t_ready - t_start, prompt_tokens, result->first_token_s * 1e3, generated,
         tps, gens.size());
   }
   return 0;

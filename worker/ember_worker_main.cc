@@ -31,6 +31,7 @@
 #include "worker/serve/metrics.h"
 #include "worker/serve/peer_server.h"
 #include "worker/serve/service.h"
+#include "worker/serve/coldstart.h"
 #include "worker/serve/serving_model.h"
 
 ABSL_FLAG(std::string, model, "", "Model source: s3://BUCKET/PREFIX, https://..., file://PATH or a path [EMBER_MODEL]");
@@ -239,8 +240,6 @@ int main(int argc, char** argv) {
   const char* kServiceName = "ember.v1.Inference";
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
-  metrics.ColdStartPhase("exec", before_main_s);
-  metrics.ColdStartPhase("listening", SecondsSince(process_start));
   ember::LogInfo("worker", "listening",
                  {{"grpc_port", bound_port},
                   {"metrics_port", metrics_server ? metrics_server->port() : -1},
@@ -253,25 +252,13 @@ int main(int argc, char** argv) {
   std::atomic<bool> draining{false};
   int exit_code = 0;  // written by the loading thread, read after it is joined
   serving.process_start = process_start;
-  // The cold-start record: phases as [start, end] seconds after process start, completed by
-  // the first token of the first request and then logged as one line.
-  nlohmann::json coldstart = {{"phases", nlohmann::json::array()}};
-  coldstart["phases"].push_back({{"name", "exec"}, {"start_s", 0.0}, {"end_s", before_main_s}});
-  coldstart["phases"].push_back({{"name", "listening"}, {"start_s", before_main_s}, {"end_s", SecondsSince(process_start)}});
-  absl::Mutex coldstart_mu;
-  bool coldstart_logged = false;
+  ember::worker::ColdStartRecord coldstart(&metrics, before_main_s, SecondsSince(process_start));
   serving.on_first_token = [&](std::chrono::steady_clock::time_point arrival,
                                std::chrono::steady_clock::time_point first) {
-    absl::MutexLock lock(&coldstart_mu);
-    if (coldstart_logged || !coldstart.contains("serving_s")) return;
-    coldstart_logged = true;
     auto at = [&](std::chrono::steady_clock::time_point t) {
       return std::chrono::duration<double>(t - process_start).count();
     };
-    coldstart["phases"].push_back({{"name", "first_request"}, {"start_s", at(arrival)}, {"end_s", at(first)}});
-    coldstart["first_token_s"] = at(first);
-    metrics.ColdStartPhase("first_token", at(first));
-    ember::LogInfo("worker", "coldstart", coldstart);
+    coldstart.FirstToken(at(arrival), at(first));
   };
   double last_logged = -1;
   serving.on_progress = [&](const ember::loader::LoadProgress& p) {
@@ -292,28 +279,8 @@ int main(int argc, char** argv) {
     }
     model = std::move(*loaded);
     const double serving_s = SecondsSince(process_start);
-    ember::v1::LoadTimings* t = model->mutable_info().mutable_timings();
-    t->set_serving_s(serving_s);
-    {
-      absl::MutexLock lock(&coldstart_mu);
-      for (const ember::worker::Phase& p : model->phases()) {
-        coldstart["phases"].push_back({{"name", p.name}, {"start_s", p.start_s}, {"end_s", p.end_s}});
-        metrics.ColdStartPhase(p.name, p.end_s);
-      }
-      metrics.ColdStartPhase("first_byte", t->first_byte_s());
-      metrics.ColdStartPhase("serving", serving_s);
-      coldstart["first_byte_s"] = t->first_byte_s();
-      coldstart["serving_s"] = serving_s;
-      coldstart["cache"] = model->cache_outcome();
-      coldstart["weight_bytes"] = model->info().weight_bytes();
-      const uint64_t from_peers = model->bytes_from_peers();
-      const uint64_t from_store = model->info().weight_bytes() - from_peers;
-      coldstart["bytes_from_peers"] = from_peers;
-      coldstart["bytes_from_store"] = from_store;
-      metrics.LoadBytes(from_peers, from_store);
-      coldstart["backend"] = model->info().backend();
-      coldstart["model"] = model->info().source();
-    }
+    model->mutable_info().mutable_timings()->set_serving_s(serving_s);
+    coldstart.Serving(*model, serving_s);
     service.SetModel(model.get());
     if (peer_server) peer_server->SetModel(model->served());
     if (!draining.load()) {  // a SIGTERM during the load keeps it NOT_SERVING

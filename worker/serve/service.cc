@@ -230,6 +230,11 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 void InferenceService::SetModel(ServingModel* model) { Settle(model, absl::OkStatus()); }
 
+bool InferenceService::HasWaiting() {
+  absl::MutexLock lock(&mu_);
+  return !waiting_.empty();
+}
+
 void InferenceService::SetFailed(const absl::Status& status) {
   Settle(nullptr, absl::UnavailableError(absl::StrCat("the model failed to load: ", status.message())));
 }

@@ -32,6 +32,8 @@ class InferenceService final : public RawInferenceService {
 
   // The model is ready: waiting Generate calls are submitted now.
   void SetModel(ServingModel* model);
+  // Whether a Generate call is waiting for the model to load.
+  bool HasWaiting();
   // The model failed to load: waiting and later calls get UNAVAILABLE with `status`.
   void SetFailed(const absl::Status& status);
 

@@ -154,11 +154,17 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
                          Engine::Create(*model->config_, std::move(*weights), model->backend_.get(),
                                         engine_options, std::move(*resources)));
   // Warm-up: a step of each size the backend runs different kernels for, so no request
-  // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations).
+  // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations). Not when
+  // a request already waits: the warm-up would delay it by its whole length, while the
+  // request's own first step pays only the first-touch costs.
   const Clock::time_point warm_start = Clock::now();
   phases.push_back({"engine", since(engine_start), since(warm_start)});
-  EMBER_RETURN_IF_ERROR(model->engine_->WarmUp());
-  phases.push_back({"warmup", since(warm_start), since(Clock::now())});
+  if (options.requests_waiting && options.requests_waiting()) {
+    LogInfo("worker", "warm-up skipped", {{"reason", "a request is waiting for the model"}});
+  } else {
+    EMBER_RETURN_IF_ERROR(model->engine_->WarmUp());
+    phases.push_back({"warmup", since(warm_start), since(Clock::now())});
+  }
 
   std::vector<int32_t> eos = model->config_->eos_token_ids;
   if (model->tokenizer_ && model->tokenizer_->eos_id() &&

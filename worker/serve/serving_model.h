@@ -38,6 +38,10 @@ struct ServingOptions {
   Clock::time_point process_start = Clock::now();
   std::function<void(const loader::LoadProgress&)> on_progress;
   std::function<void(Clock::time_point, Clock::time_point)> on_first_token;  // see SchedulerOptions
+  // Whether a request is already waiting for the model, asked once the engine is built: the
+  // warm-up is then skipped (it would only delay that request, whose own first step loads
+  // what the warm-up would). Unset: never.
+  std::function<bool()> requests_waiting;
 };
 
 // One phase of the cold start, in seconds after process start.

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/random_model.h"
@@ -130,6 +131,20 @@ TEST(ModelConfigTest, ErrorsNameTheCause) {
   j = LlamaJson();
   j["hidden_act"] = "gelu";
   EXPECT_NE(Error(j).find("hidden_act \"gelu\" is not supported"), std::string::npos);
+
+  for (const char* method : {"awq", "gptq", "fp8", "compressed-tensors", "modelopt", "mxfp4"}) {
+    j = LlamaJson();
+    j["quantization_config"] = {{"quant_method", method}, {"bits", 4}};
+    EXPECT_NE(Error(j).find(absl::StrCat("quantization_config.quant_method \"", method,
+                                         "\" is not supported")),
+              std::string::npos)
+        << Error(j);
+  }
+  j = LlamaJson();
+  j["quantization_config"] = {{"bits", 4}};  // no method named: the whole value is quoted
+  EXPECT_NE(Error(j).find("quantization_config.quant_method {\"bits\":4} is not supported"),
+            std::string::npos)
+      << Error(j);
 
   j = LlamaJson();
   j["architectures"] = {"Qwen2ForCausalLM"};

@@ -191,6 +191,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
     return FieldError("torch_dtype", absl::StrCat("'", c.torch_dtype,
                                                   "' is not supported (bfloat16, float16 or float32)"));
   }
+  // A quantized checkpoint's weights are not tensors the engine binds (AWQ and GPTQ pack
+  // integers, FP8 and NVFP4/MXFP4 carry scales): refused here by method, before any byte of
+  // them is read as something else.
+  if (auto it = j.find("quantization_config"); it != j.end() && !it->is_null()) {
+    const auto method = it->is_object() ? it->find("quant_method") : it->end();
+    const std::string name = it->is_object() && method != it->end() && method->is_string()
+                                 ? "\"" + method->get<std::string>() + "\""
+                                 : it->dump();
+    return absl::UnimplementedError(absl::StrCat(
+        kWhere, ": quantization_config.quant_method ", name,
+        " is not supported: Ember serves unquantized BF16, F16 and F32 checkpoints"));
+  }
   if (auto it = j.find("hidden_act"); it != j.end() && !it->is_null()) {
     if (!it->is_string() || it->get<std::string>() != "silu") {
       return absl::UnimplementedError(absl::StrCat(

@@ -19,7 +19,7 @@ LayoutPlan::LayoutPlan(const std::vector<const SafetensorsHeader*>& files, uint6
 }
 
 void LayoutPlan::ForEachPiece(int file, uint64_t offset, uint64_t length,
-                              const std::function<void(uint64_t, uint64_t, uint64_t)>& fn) const {
+                              const std::function<void(size_t, uint64_t, uint64_t, uint64_t)>& fn) const {
   const std::vector<PlacedTensor>& placed = per_file_[file];
   const uint64_t end = offset + length;
   // First tensor that ends after `offset`.
@@ -32,7 +32,8 @@ void LayoutPlan::ForEachPiece(int file, uint64_t offset, uint64_t length,
     const uint64_t lo = std::max(offset, it->file_begin);
     const uint64_t hi = std::min(end, t_end);
     if (hi <= lo) continue;
-    fn(it->arena_offset + (lo - it->file_begin), lo - offset, hi - lo);
+    fn(static_cast<size_t>(it - placed.begin()), it->arena_offset + (lo - it->file_begin), lo - offset,
+       hi - lo);
   }
 }
 

@@ -32,10 +32,11 @@ class LayoutPlan {
   int files() const { return static_cast<int>(per_file_.size()); }
 
   // For the bytes [offset, offset + length) of `file`, calls
-  // fn(arena_offset, offset_in_range, bytes) once per tensor piece they contain.
-  // Header bytes (before the data section) map to nothing.
+  // fn(tensor, arena_offset, offset_in_range, bytes) once per tensor piece they contain,
+  // `tensor` being the piece's index in tensors(file). Header bytes (before the data
+  // section) map to nothing.
   void ForEachPiece(int file, uint64_t offset, uint64_t length,
-                    const std::function<void(uint64_t, uint64_t, uint64_t)>& fn) const;
+                    const std::function<void(size_t, uint64_t, uint64_t, uint64_t)>& fn) const;
 
  private:
   std::vector<std::vector<PlacedTensor>> per_file_;  // sorted by file_begin

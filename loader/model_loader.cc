@@ -6,10 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <optional>
 #include <thread>
 
@@ -226,7 +228,46 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
     model.arena = *std::move(arena);
   }
   if (options.on_arena) options.on_arena(plan.arena_bytes());
+  for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
+    model.weight_files.push_back(manifest.weight_objects[f].name);
+    for (const PlacedTensor& t : plan.tensors(static_cast<int>(f))) {
+      WeightView view;
+      view.name = t.info->name;
+      view.dtype = t.info->dtype;
+      view.shape = t.info->shape;
+      view.nbytes = t.info->nbytes();
+      view.on_device = target == Target::kDevice;
+      view.data = model.arena ? model.arena->data() + t.arena_offset : nullptr;
+      view.file = manifest.weight_objects[f].name;
+      model.weights[view.name] = std::move(view);
+    }
+  }
+  // A caller computing while the weights arrive gets their places now, each tensor as it
+  // lands, and, should the load fail, word before the arena goes.
+  const bool announced = model.arena != nullptr && options.on_layout;
+  if (announced) options.on_layout(model.weights);
+  std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> tensor_left;  // bytes still to land
+  if (announced) {
+    for (int f = 0; f < plan.files(); ++f) {
+      const std::vector<PlacedTensor>& placed = plan.tensors(f);
+      tensor_left.emplace_back(new std::atomic<uint64_t>[placed.size()]);
+      for (size_t t = 0; t < placed.size(); ++t) tensor_left[f][t].store(placed[t].info->nbytes());
+    }
+  }
+  // The bytes of `job` are in place: tensors whose last bytes they were are announced.
+  auto arrived = [&](const ChunkJob& job) {
+    if (!announced || !options.on_tensor) return;
+    plan.ForEachPiece(job.file, job.offset, job.length, [&](size_t t, uint64_t, uint64_t, uint64_t bytes) {
+      if (tensor_left[job.file][t].fetch_sub(bytes) == bytes) {
+        options.on_tensor(plan.tensors(job.file)[t].info->name);
+      }
+    });
+  };
 
+  StreamCounters counters;
+  uint64_t total = 0;
+  std::optional<BlockDigests> digests;
+  const absl::Status streamed = [&]() -> absl::Status {
   Mirror mirror;
   if (mirroring) {
     if (absl::Status s = mirror.Open(options.mirror_dir, manifest.weight_objects); !s.ok()) return s;
@@ -237,7 +278,6 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
 
   // Chunks: the data sections (and, when mirroring, the headers too).
   std::vector<ChunkJob> jobs;
-  uint64_t total = 0;
   for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
     const uint64_t size = manifest.weight_objects[f].size;
     for (uint64_t off = mirroring ? 0 : manifest.headers[f].data_start(); off < size;
@@ -246,6 +286,25 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       jobs.push_back({static_cast<int>(f), off, len});
       total += len;
     }
+  }
+
+  // In the order the caller wants the tensors (a chunk goes by its most wanted tensor).
+  if (announced && options.tensor_rank) {
+    std::vector<std::pair<int, size_t>> order;  // rank, position in file order
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      int rank = std::numeric_limits<int>::min();  // header bytes only (a mirror's): first
+      bool any = false;
+      plan.ForEachPiece(jobs[i].file, jobs[i].offset, jobs[i].length, [&](size_t t, uint64_t, uint64_t, uint64_t) {
+        const int r = options.tensor_rank(plan.tensors(jobs[i].file)[t].info->name);
+        rank = any ? std::min(rank, r) : r;
+        any = true;
+      });
+      order.emplace_back(rank, i);
+    }
+    std::stable_sort(order.begin(), order.end());
+    std::vector<ChunkJob> sorted;
+    for (const auto& [rank, i] : order) sorted.push_back(jobs[i]);
+    jobs = std::move(sorted);
   }
 
   const int slots = static_cast<int>(std::min<uint64_t>(
@@ -280,7 +339,6 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
     }
   }
   // Checksums for peers, from the bytes as they arrive.
-  std::optional<BlockDigests> digests;
   if (options.serve_to_peers && target != Target::kNone) {
     std::vector<uint64_t> data_start, sizes;
     for (size_t f = 0; f < manifest.headers.size(); ++f) {
@@ -306,7 +364,7 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
       if (mirroring) status = mirror.Write(job.file, job.offset, slot->data, job.length);
       if (status.ok() && target != Target::kNone) {
         plan.ForEachPiece(job.file, job.offset, job.length,
-                          [&](uint64_t arena_offset, uint64_t in_chunk, uint64_t bytes) {
+                          [&](size_t, uint64_t arena_offset, uint64_t in_chunk, uint64_t bytes) {
                             if (!status.ok()) return;
                             uint8_t* dst = model.arena->data() + arena_offset;
                             if (stream) {
@@ -320,6 +378,7 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
         ring.Release(slot);
         if (!status.ok()) return fail(status);
         bytes_done.fetch_add(job.length);
+        arrived(job);
         continue;
       }
       // The event covers whatever was enqueued, also when a later copy failed. Should the
@@ -346,6 +405,7 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
         }
         ring.Release(landed.slot);
         bytes_done.fetch_add(landed.job.length);
+        arrived(landed.job);
       }
     });
   }
@@ -354,7 +414,6 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   stream_options.connections = options.connections;
   stream_options.retry = options.retry;
   stream_options.connect_timeout_s = options.connect_timeout_s;
-  StreamCounters counters;
   absl::Status stream_status;
   absl::Notification streamed;
   std::thread streamer([&] {
@@ -397,6 +456,12 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
     if (absl::Status s = mirror.Commit(); !s.ok()) return s;
   }
 
+  return absl::OkStatus();
+  }();
+  if (!streamed.ok()) {
+    if (announced && options.on_abandon) options.on_abandon(streamed);
+    return streamed;
+  }
   model.timings.copy_done_s = SecondsSince(start);
   const int64_t first_ns = counters.first_byte_ns.load();
   model.timings.first_byte_s =
@@ -406,20 +471,6 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   model.bytes_streamed = total;
   model.retries = counters.retries.load();
   model.bytes_from_peers = counters.bytes_from_peers.load();
-  for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
-    model.weight_files.push_back(manifest.weight_objects[f].name);
-    for (const PlacedTensor& t : plan.tensors(static_cast<int>(f))) {
-      WeightView view;
-      view.name = t.info->name;
-      view.dtype = t.info->dtype;
-      view.shape = t.info->shape;
-      view.nbytes = t.info->nbytes();
-      view.on_device = target == Target::kDevice;
-      view.data = model.arena ? model.arena->data() + t.arena_offset : nullptr;
-      view.file = manifest.weight_objects[f].name;
-      model.weights[view.name] = std::move(view);
-    }
-  }
   if (digests) {  // last: the plan above points into manifest.headers, moved here
     absl::StatusOr<std::vector<std::vector<uint32_t>>> blocks = digests->Finish();
     if (!blocks.ok()) return blocks.status();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "loader/dtype.h"
 #include "loader/retry_policy.h"
@@ -18,6 +19,7 @@ namespace ember::loader {
 
 class ObjectStore;  // loader/object_store.h
 class ServedModel;  // loader/peer.h
+struct WeightView;  // below
 
 enum class Target { kHost, kDevice, kNone };
 
@@ -51,6 +53,23 @@ struct LoadOptions {
   // device arena) is allocated, before any weight byte moves: a caller can size and allocate
   // what else it needs from the memory left while the weights stream.
   std::function<void(uint64_t arena_bytes)> on_arena;
+  // Computing while the weights arrive (a worker's first request runs layer by layer as
+  // each layer lands). Only for a load with an arena (target host or device), and not for a
+  // node cache's copy (LoadModelCached: the source may follow it):
+  //   on_layout: called once from the loading thread right after the arena is allocated,
+  //     before any weight byte moves, with every tensor's final place (the views
+  //     LoadedModel::weights will hold).
+  //   on_tensor: called once per tensor, from a loading thread, when its last byte is in
+  //     place (on a device: the copy has completed). Must not block.
+  //   on_abandon: when a load that called on_layout fails, called with the error before the
+  //     arena is freed; the caller must have stopped reading the views when it returns.
+  //   tensor_rank: the order the caller wants tensors in: chunks are fetched by the lowest
+  //     rank among the tensors they hold (ties in file order). Unset: file order, which is
+  //     alphabetical in most checkpoints ("layers.10." before "layers.2.").
+  std::function<void(const std::map<std::string, WeightView>&)> on_layout;
+  std::function<void(const std::string& tensor)> on_tensor;
+  std::function<void(const absl::Status& error)> on_abandon;
+  std::function<int(const std::string& tensor)> tensor_rank;
   // With Target::kDevice: whether the caller will compute on the device, asked once the
   // headers are read (so a slow driver start overlaps the listing) and only when a GPU is
   // usable at all. False loads into host memory, as without a GPU. Unset: yes.

@@ -168,7 +168,14 @@ absl::StatusOr<LoadedModel> LoadModelCached(absl::string_view uri, const LoadOpt
   if (mismatch.empty() && lock.Shared()) {
     mismatch = Mismatch(report->entry_dir, source, **listing);
     if (mismatch.empty()) {
-      auto local = LoadModel(report->entry_dir, options);
+      // No computing while this copy arrives: should it fail to load, the source follows
+      // into a new arena, and a caller computing on the first would have to start over.
+      LoadOptions local_options = options;
+      local_options.on_layout = nullptr;
+      local_options.on_tensor = nullptr;
+      local_options.on_abandon = nullptr;
+      local_options.tensor_rank = nullptr;
+      auto local = LoadModel(report->entry_dir, local_options);
       if (local.ok()) {
         report->outcome = CacheOutcome::kHit;
         local->source = source;

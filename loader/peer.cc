@@ -219,7 +219,7 @@ absl::Status ServedModel::Read(int file, uint64_t offset, uint64_t length, uint8
   }
   absl::Status status;
   plan_.ForEachPiece(file, offset, length,
-                     [&](uint64_t arena_offset, uint64_t in_range, uint64_t bytes) {
+                     [&](size_t, uint64_t arena_offset, uint64_t in_range, uint64_t bytes) {
                        if (!status.ok()) return;
                        const uint8_t* src = arena_->data() + arena_offset;
                        if (arena_->on_device()) {

@@ -6,10 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <atomic>
 
 #include "kernels/backend.h"
 #include "tests/engine/random_model.h"
 #include "worker/model/model_weights.h"
+#include "worker/model/weight_arrival.h"
 
 namespace ember::worker {
 namespace {
@@ -243,6 +248,86 @@ TEST_F(EngineTest, SeededSamplingIsReproducibleAndSeedsDiffer) {
   p.seed = 43;
   auto c = Alone(prompt, 30, p).first;
   EXPECT_NE(a, c);
+}
+
+// Computing while the weights arrive: a step waits at each stage until its tensors have
+// landed (and at the LM head until the load finished), then gives what the ungated engine
+// gives; a load that fails fails the waiting step and changes no sequence.
+TEST_F(EngineTest, AStepWaitsForEachStagesWeightsThenMatchesTheUngatedStep) {
+  const std::vector<int32_t> prompt = Prompt(19, 3);
+  auto [expected, expected_logits] = Alone(prompt, 1);
+
+  auto engine = NewEngine();
+  WeightArrival arrival(model_.weights);
+  engine->SetWeightArrival(&arrival);
+  ASSERT_TRUE(engine->AddSequence(7).ok());
+  std::vector<std::string> names;
+  for (const auto& [name, view] : model_.weights) names.push_back(name);
+  // Landed in stage order; all but the head (final norm, LM head) before the step starts.
+  std::sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
+    return WeightArrival::StageOf(a) < WeightArrival::StageOf(b);
+  });
+  std::atomic<bool> stepped{false};
+  absl::StatusOr<std::vector<StepOutput>> out;
+  std::thread step([&] {
+    StepInput in;
+    in.sequence = 7;
+    in.tokens = prompt;
+    in.want_logits = true;
+    out = engine->Step(std::span<const StepInput>(&in, 1));
+    stepped = true;
+  });
+  for (const std::string& name : names) {
+    if (WeightArrival::StageOf(name) == WeightArrival::kHead) continue;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    EXPECT_FALSE(stepped) << "the step ended before " << name << " landed";
+    arrival.Landed(name);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(stepped) << "the LM head ran before the load finished";
+  for (const std::string& name : names) {
+    if (WeightArrival::StageOf(name) == WeightArrival::kHead) arrival.Landed(name);
+  }
+  arrival.Finish(absl::OkStatus());
+  step.join();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ((*out)[0].token, expected[0]);
+  EXPECT_EQ((*out)[0].logits, expected_logits[0]);
+  EXPECT_EQ(engine->SequenceLength(7), 19);
+}
+
+TEST_F(EngineTest, AFailedLoadFailsTheWaitingStepAndAbandonWaitsForIt) {
+  auto engine = NewEngine();
+  WeightArrival arrival(model_.weights);
+  engine->SetWeightArrival(&arrival);
+  ASSERT_TRUE(engine->AddSequence(7).ok());
+  for (const auto& [name, view] : model_.weights) {
+    if (WeightArrival::StageOf(name) <= 1) arrival.Landed(name);  // embedding and layer 0
+  }
+  const std::vector<int32_t> prompt = Prompt(5, 1);
+  absl::StatusOr<std::vector<StepOutput>> out;
+  std::thread step([&] {
+    StepInput in;
+    in.sequence = 7;
+    in.tokens = prompt;
+    out = engine->Step(std::span<const StepInput>(&in, 1));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the step waits at layer 1
+  arrival.Abandon(absl::DataLossError("shard 2: connection reset"));  // returns once it let go
+  step.join();
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().message(), "shard 2: connection reset");
+  EXPECT_EQ(engine->SequenceLength(7), 0);
+  EXPECT_FALSE(arrival.complete());
+}
+
+TEST(WeightArrivalTest, StagesFollowTheForwardPass) {
+  EXPECT_EQ(WeightArrival::StageOf("model.embed_tokens.weight"), 0);
+  EXPECT_EQ(WeightArrival::StageOf("model.layers.0.self_attn.q_proj.weight"), 1);
+  EXPECT_EQ(WeightArrival::StageOf("model.layers.11.mlp.down_proj.weight"), 12);
+  EXPECT_EQ(WeightArrival::StageOf("model.norm.weight"), WeightArrival::kHead);
+  EXPECT_EQ(WeightArrival::StageOf("lm_head.weight"), WeightArrival::kHead);
+  EXPECT_EQ(WeightArrival::StageOf("model.layers.x.weight"), WeightArrival::kHead);
 }
 
 }  // namespace

@@ -48,7 +48,7 @@ TEST(LayoutPlan, ChunksOfAnySizeFillEveryTensorExactly) {
     std::vector<int> writes(plan.arena_bytes(), 0);
     for (uint64_t off = 0; off < file_size; off += chunk) {
       const uint64_t len = std::min(chunk, file_size - off);
-      plan.ForEachPiece(0, off, len, [&](uint64_t dst, uint64_t in_chunk, uint64_t bytes) {
+      plan.ForEachPiece(0, off, len, [&](size_t, uint64_t dst, uint64_t in_chunk, uint64_t bytes) {
         ASSERT_LE(in_chunk + bytes, len);
         for (uint64_t i = 0; i < bytes; ++i) {
           arena[dst + i] = file[off + in_chunk + i];

@@ -252,6 +252,25 @@ TEST_F(S3FaultTest, StopsOnAPermanentErrorWithAClearMessage) {
   EXPECT_NE(msg.find("check"), std::string::npos) << msg;
 }
 
+// A caller computing while the weights arrive hears of the failure before the arena goes.
+TEST_F(S3FaultTest, AnnouncesAFailedLoadBeforeFreeingItsMemory) {
+  MakeModel("abandoned", {"--layout", "single", "--total-mb", "2"});
+  LoadOptions options = SmallRing();
+  int layouts = 0, abandons = 0;
+  absl::Status abandoned;
+  options.on_layout = [&](const std::map<std::string, WeightView>&) { ++layouts; };
+  options.on_abandon = [&](const absl::Status& s) {
+    ++abandons;
+    abandoned = s;
+  };
+  auto model = LoadThroughProxy("abandoned", {"--fault-skip", "1", "--status", "403", "--fault-requests", "1000"},
+                                options);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(layouts, 1);
+  EXPECT_EQ(abandons, 1);
+  EXPECT_EQ(abandoned, model.status());
+}
+
 TEST_F(S3FaultTest, GivesUpWhenTransientErrorsOutlastTheBudget) {
   MakeModel("flaky", {"--layout", "single", "--total-mb", "2"});
   LoadOptions options = SmallRing();

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "loader/log.h"
+#include "loader/status_macros.h"
 
 namespace ember::worker {
 namespace {
@@ -313,7 +315,14 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
     }
   }
 
-  Forward(layout);
+  // A step waiting for the weights holds them from its first stage to its last download.
+  absl::Cleanup release = [this] {
+    if (arrival_ != nullptr) arrival_->Release();
+  };
+  if (absl::Status s = Forward(layout); !s.ok()) {
+    (void)backend_->Synchronize();  // the stages before it may still run on a device
+    return s;
+  }
 
   // Results come back before any sequence changes, so a failed download leaves none
   // half-advanced.
@@ -352,7 +361,7 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
   return outputs;
 }
 
-void Engine::Forward(const StepLayout& layout) {
+absl::Status Engine::Forward(const StepLayout& layout) {
   kernels::Backend& b = *backend_;
   const ModelConfig& c = config_;
   const int T = layout.n_tokens;
@@ -385,8 +394,13 @@ void Engine::Forward(const StepLayout& layout) {
   attention.workspace = ws_.attention.data();
   attention.workspace_bytes = ws_.attention.bytes();
 
+  auto weights_for = [this](int stage) {
+    return arrival_ == nullptr ? absl::OkStatus() : arrival_->Await(stage);
+  };
+  EMBER_RETURN_IF_ERROR(weights_for(0));
   b.Embed(weights_.embed, ids, T, residual);
   for (int l = 0; l < c.num_layers; ++l) {
+    EMBER_RETURN_IF_ERROR(weights_for(l + 1));
     const LayerWeights& w = weights_.layers[l];
     b.AddRmsNorm(l == 0 ? nullptr : x, residual, w.input_norm, T, H, eps, h);
     const kernels::LinearOut qkv[] = {{&w.q, w.q_bias, q}, {&w.k, w.k_bias, k}, {&w.v, w.v_bias, v}};
@@ -406,14 +420,16 @@ void Engine::Forward(const StepLayout& layout) {
     b.SwiGlu(gate, up, static_cast<int64_t>(T) * c.intermediate_size, gate);
     b.Linear(gate, T, w.down, w.down_bias, x);
   }
-  if (layout.n_out == 0) return;
+  if (layout.n_out == 0) return absl::OkStatus();
   // The final norm is cheap for every row; only the rows that produce a token get the
   // vocabulary projection.
+  EMBER_RETURN_IF_ERROR(weights_for(WeightArrival::kHead));
   b.AddRmsNorm(x, residual, weights_.final_norm, T, H, eps, h);
   b.GatherRows(h, meta + layout.out_rows, layout.n_out, H, x);
   b.Linear(x, layout.n_out, weights_.lm_head, nullptr, ws_.logits.as<float>());
   b.Sample(ws_.logits.as<float>(), layout.n_out, c.vocab_size,
            ws_.sampling.as<kernels::SamplingRow>(), ws_.tokens.as<int32_t>());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> ChooseBackend(absl::string_view choice) {

@@ -14,6 +14,7 @@
 #include "worker/model/kv_cache.h"
 #include "worker/model/model_config.h"
 #include "worker/model/model_weights.h"
+#include "worker/model/weight_arrival.h"
 
 namespace ember::worker {
 
@@ -95,6 +96,12 @@ class Engine {
   // Outputs come in the order of `inputs`, one per input that sampled or asked for logits.
   absl::StatusOr<std::vector<StepOutput>> Step(std::span<const StepInput> inputs);
 
+  // Computing while the weights arrive: from now on each step waits at every stage of the
+  // forward pass (embedding, each layer, the LM head) until `arrival` says that stage's
+  // weights are in place, and fails with the load's error if it failed. Set before the first
+  // step; `arrival` must outlive the engine.
+  void SetWeightArrival(WeightArrival* arrival) { arrival_ = arrival; }
+
   // One throwaway step of each size the backend runs different code for
   // (Backend::WarmUpTokenCounts) that this engine's limits and free KV blocks allow, so no
   // request pays for lazy kernel loading. Leaves no sequence behind.
@@ -125,7 +132,7 @@ class Engine {
   };
 
   absl::Status Validate(std::span<const StepInput> inputs) const;
-  void Forward(const StepLayout& layout);
+  absl::Status Forward(const StepLayout& layout);
 
   ModelConfig config_;
   ModelWeights weights_;
@@ -136,6 +143,7 @@ class Engine {
   int max_context_;
   std::map<uint64_t, Sequence> sequences_;
   std::vector<int32_t> host_meta_;  // staging for ws_.meta, reused from step to step
+  WeightArrival* arrival_ = nullptr;
 };
 
 struct Engine::Resources {

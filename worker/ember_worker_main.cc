@@ -268,17 +268,20 @@ int main(int argc, char** argv) {
     ember::LogInfo("worker", "loading",
                    {{"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total}, {"t_s", SecondsSince(process_start)}});
   };
+  serving.on_engine_ready = [&](ember::worker::ServingModel* early) {
+    ember::LogInfo("worker", "computing while loading", {{"t_s", SecondsSince(process_start)}});
+    service.SetEarlyModel(early);
+  };
   std::thread loader([&] {
-    auto loaded = ember::worker::ServingModel::Load(serving, &metrics);
+    const absl::Status loaded = ember::worker::ServingModel::Load(serving, &metrics, &model);
     if (!loaded.ok()) {
       ember::Log(ember::LogLevel::kError, "worker", "the model failed to load",
-                 {{"error", std::string(loaded.status().message())}});
-      service.SetFailed(loaded.status());
+                 {{"error", std::string(loaded.message())}});
+      service.SetFailed(loaded);
       exit_code = 1;
-      kill(getpid(), SIGTERM);  // exit through the drain path (nothing to drain)
+      kill(getpid(), SIGTERM);  // exit through the drain path (what started fails at once)
       return;
     }
-    model = std::move(*loaded);
     const double serving_s = SecondsSince(process_start);
     model->mutable_info().mutable_timings()->set_serving_s(serving_s);
     coldstart.Serving(*model, serving_s);
@@ -312,7 +315,7 @@ int main(int argc, char** argv) {
   health->SetServingStatus(kServiceName, false);  // in case the load ended as the signal came
   health->SetServingStatus(false);
   bool drained = true;
-  if (model != nullptr) {
+  if (model != nullptr && model->started()) {
     ember::worker::Scheduler& scheduler = model->scheduler();
     scheduler.StopAdmitting();
     drained = scheduler.WaitIdle(absl::Seconds(drain_timeout_s - SecondsSince(drain_start)));

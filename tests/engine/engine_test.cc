@@ -30,8 +30,10 @@ class EngineTest : public ::testing::Test {
     model_ = MakeRandomModel(SmallLlamaConfig(), loader::Dtype::kBF16);
   }
 
-  std::unique_ptr<Engine> NewEngine(EngineOptions options = {}) {
-    auto weights = BindWeights(model_.config, model_.weights, *backend_);
+  // `in_place` false: bound as while the weights still arrive (small tensors converted by the
+  // engine as their stage lands).
+  std::unique_ptr<Engine> NewEngine(EngineOptions options = {}, bool in_place = true) {
+    auto weights = BindWeights(model_.config, model_.weights, *backend_, in_place);
     EXPECT_TRUE(weights.ok()) << weights.status();
     if (options.kv_blocks == 0) options.kv_blocks = 64;
     auto engine = Engine::Create(model_.config, std::move(*weights), backend_.get(), options);
@@ -257,7 +259,7 @@ TEST_F(EngineTest, AStepWaitsForEachStagesWeightsThenMatchesTheUngatedStep) {
   const std::vector<int32_t> prompt = Prompt(19, 3);
   auto [expected, expected_logits] = Alone(prompt, 1);
 
-  auto engine = NewEngine();
+  auto engine = NewEngine({}, /*in_place=*/false);
   WeightArrival arrival(model_.weights);
   engine->SetWeightArrival(&arrival);
   ASSERT_TRUE(engine->AddSequence(7).ok());
@@ -297,7 +299,7 @@ TEST_F(EngineTest, AStepWaitsForEachStagesWeightsThenMatchesTheUngatedStep) {
 }
 
 TEST_F(EngineTest, AFailedLoadFailsTheWaitingStepAndAbandonWaitsForIt) {
-  auto engine = NewEngine();
+  auto engine = NewEngine({}, /*in_place=*/false);
   WeightArrival arrival(model_.weights);
   engine->SetWeightArrival(&arrival);
   ASSERT_TRUE(engine->AddSequence(7).ok());

@@ -394,8 +394,21 @@ absl::Status Engine::Forward(const StepLayout& layout) {
   attention.workspace = ws_.attention.data();
   attention.workspace_bytes = ws_.attention.bytes();
 
-  auto weights_for = [this](int stage) {
-    return arrival_ == nullptr ? absl::OkStatus() : arrival_->Await(stage);
+  // Waits for a stage's weights, then converts its small tensors that were bound before
+  // their bytes arrived.
+  auto weights_for = [this, &b](int stage) -> absl::Status {
+    if (arrival_ == nullptr) return absl::OkStatus();
+    EMBER_RETURN_IF_ERROR(arrival_->Await(stage));
+    std::vector<PendingConversion>& pending = weights_.pending;
+    for (auto it = pending.begin(); it != pending.end();) {
+      if (WeightArrival::StageOf(it->name) != stage) {
+        ++it;
+        continue;
+      }
+      b.ToF32(it->source, it->destination);
+      it = pending.erase(it);
+    }
+    return absl::OkStatus();
   };
   EMBER_RETURN_IF_ERROR(weights_for(0));
   b.Embed(weights_.embed, ids, T, residual);

@@ -21,8 +21,9 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
 // Accumulates the binding's findings, then reports them together.
 class Binder {
  public:
-  Binder(const std::map<std::string, loader::WeightView>& weights, kernels::Backend& backend)
-      : weights_(weights), backend_(backend) {}
+  Binder(const std::map<std::string, loader::WeightView>& weights, kernels::Backend& backend,
+         bool in_place)
+      : weights_(weights), backend_(backend), in_place_(in_place) {}
 
   // A tensor of exactly `shape`; a placeholder Matrix when it is missing or wrong.
   Matrix Bind(const std::string& name, std::vector<uint64_t> shape) {
@@ -73,7 +74,11 @@ class Binder {
       alloc_error_ = buffer.status();
       return nullptr;
     }
-    backend_.ToF32(m, buffer->as<float>());
+    if (in_place_) {
+      backend_.ToF32(m, buffer->as<float>());
+    } else {
+      out.pending.push_back({name, m, buffer->as<float>()});
+    }
     out.f32_buffers.push_back(std::move(*buffer));
     return out.f32_buffers.back().as<float>();
   }
@@ -113,6 +118,7 @@ class Binder {
  private:
   const std::map<std::string, loader::WeightView>& weights_;
   kernels::Backend& backend_;
+  const bool in_place_;
   std::set<std::string> used_;
   std::vector<std::string> missing_, wrong_;
   std::string placement_;
@@ -123,8 +129,8 @@ class Binder {
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c,
                                          const std::map<std::string, loader::WeightView>& weights,
-                                         kernels::Backend& backend) {
-  Binder b(weights, backend);
+                                         kernels::Backend& backend, bool in_place) {
+  Binder b(weights, backend, in_place);
   ModelWeights out;
   const uint64_t hidden = c.hidden_size, inter = c.intermediate_size;
   const uint64_t qw = c.q_width(), kvw = c.kv_width(), vocab = c.vocab_size;

@@ -30,6 +30,14 @@ struct LayerWeights {
   float* k_norm = nullptr;          // [head_dim], Qwen3
 };
 
+// A small tensor's conversion to F32 that waits for its bytes (BindWeights before the
+// weights are in place); the engine runs it once the tensor's stage has landed.
+struct PendingConversion {
+  std::string name;
+  kernels::Matrix source;
+  float* destination = nullptr;
+};
+
 struct ModelWeights {
   kernels::Matrix embed;    // [vocab, hidden]
   kernels::Matrix lm_head;  // [vocab, hidden]; the embedding itself when tied
@@ -37,12 +45,15 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   kernels::ScalarType dtype = kernels::ScalarType::kF32;  // of the large matrices
   std::vector<kernels::Buffer> f32_buffers;  // owns the converted small tensors
+  std::vector<PendingConversion> pending;    // with in_place false: not converted yet
 };
 
-// Binds `weights` (already in the backend's memory: host for cpu, device for cuda).
-// One error lists every missing, unexpected, mis-shaped or mistyped tensor by name.
+// Binds `weights` (in the backend's memory: host for cpu, device for cuda). One error lists
+// every missing, unexpected, mis-shaped or mistyped tensor by name. The small tensors are
+// converted to F32 now, or, with `in_place` false (the bytes are still arriving), listed in
+// ModelWeights::pending for the engine to convert as they land.
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config,
                                          const std::map<std::string, loader::WeightView>& weights,
-                                         kernels::Backend& backend);
+                                         kernels::Backend& backend, bool in_place = true);
 
 }  // namespace ember::worker

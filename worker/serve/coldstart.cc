@@ -33,12 +33,19 @@ void ColdStartRecord::Serving(const ServingModel& model, double serving_s) {
   record_["backend"] = info.backend();
   record_["model"] = info.source();
   serving_ = true;
+  if (first_token_) Log();  // the first request's token came while the load was finishing
 }
 
 void ColdStartRecord::FirstToken(double arrival_s, double first_token_s) {
   absl::MutexLock lock(&mu_);
-  if (logged_ || !serving_) return;
+  if (logged_ || first_token_) return;
+  first_token_ = {arrival_s, first_token_s};
+  if (serving_) Log();
+}
+
+void ColdStartRecord::Log() {
   logged_ = true;
+  const auto [arrival_s, first_token_s] = *first_token_;
   record_["phases"].push_back({{"name", "first_request"}, {"start_s", arrival_s}, {"end_s", first_token_s}});
   record_["first_token_s"] = first_token_s;
   metrics_->ColdStartPhase("first_token", first_token_s);

@@ -3,6 +3,9 @@
 // ("coldstart", which tools/coldstart-report draws) and exported as metrics.
 #pragma once
 
+#include <optional>
+#include <utility>
+
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
 #include "worker/serve/metrics.h"
@@ -17,16 +20,20 @@ class ColdStartRecord {
 
   // The model serves from `serving_s` on: its load phases, bytes and backend join the record.
   void Serving(const ServingModel& model, double serving_s);
-  // A request's arrival and first token (seconds after process start). The first one after
-  // Serving completes the record and logs it; later calls do nothing.
+  // A request's arrival and first token (seconds after process start). The first call
+  // completes the record, logged once Serving has been called too (a request run while the
+  // weights arrived can have its first token just before); later calls do nothing.
   void FirstToken(double arrival_s, double first_token_s);
 
  private:
+  void Log() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   Metrics* metrics_;
   absl::Mutex mu_;
   nlohmann::json record_ ABSL_GUARDED_BY(mu_);
   bool serving_ ABSL_GUARDED_BY(mu_) = false;
   bool logged_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<std::pair<double, double>> first_token_ ABSL_GUARDED_BY(mu_);  // arrival, token
 };
 
 }  // namespace ember::worker

@@ -160,6 +160,15 @@ void Scheduler::AbortAll(FinishReason reason) {
   }
 }
 
+absl::StatusOr<bool> Scheduler::WarmUpIfIdle() {
+  absl::MutexLock lock(&mu_);
+  warm_up_asked_ = true;
+  warm_up_result_.reset();
+  auto answered = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return warm_up_result_.has_value(); };
+  mu_.Await(absl::Condition(&answered));
+  return *warm_up_result_;
+}
+
 void Scheduler::PublishLoad() {
   metrics_->SetLoad(static_cast<int>(running_.size()), static_cast<int>(queue_.size()));
 }
@@ -170,10 +179,22 @@ void Scheduler::Loop() {
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_ || !queue_.empty() || !running_.empty();
+        return stop_ || !queue_.empty() || !running_.empty() || warm_up_asked_;
       };
       mu_.Await(absl::Condition(&has_work));
       if (stop_) return;
+      if (warm_up_asked_) {
+        warm_up_asked_ = false;
+        const bool idle = queue_.empty() && running_.empty();
+        absl::Status warmed;
+        if (idle) {
+          mu_.Unlock();  // Submit may queue meanwhile; the next pass admits it
+          warmed = engine_->WarmUp();
+          mu_.Lock();
+        }
+        warm_up_result_ = warmed.ok() ? absl::StatusOr<bool>(idle) : absl::StatusOr<bool>(warmed);
+        continue;
+      }
       const Clock::time_point now = Clock::now();
       // Queued requests that were aborted or ran out of time leave the queue here;
       // running ones are finished below, outside the lock.

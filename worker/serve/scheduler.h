@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -134,6 +136,10 @@ class Scheduler {
   bool WaitIdle(absl::Duration timeout);
   // Aborts every queued and running request.
   void AbortAll(FinishReason reason);
+  // Runs the engine's warm-up on the scheduler's thread if no request is queued or running
+  // (one that is would only wait for it, and its own first step does the warm-up's work);
+  // returns whether it ran.
+  absl::StatusOr<bool> WarmUpIfIdle();
 
   int64_t kv_blocks_total() const { return engine_->kv_cache().num_blocks(); }
 
@@ -164,6 +170,9 @@ class Scheduler {
   int delivering_ ABSL_GUARDED_BY(mu_) = 0;  // finished, OnFinish not yet returned
   bool admitting_ ABSL_GUARDED_BY(mu_) = true;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // WarmUpIfIdle's request to the thread, and its answer.
+  bool warm_up_asked_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::StatusOr<bool>> warm_up_result_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ = 1;  // scheduler thread only
   std::thread thread_;
 };

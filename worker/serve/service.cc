@@ -230,6 +230,17 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 void InferenceService::SetModel(ServingModel* model) { Settle(model, absl::OkStatus()); }
 
+void InferenceService::SetEarlyModel(ServingModel* model) {
+  std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting;
+  {
+    absl::MutexLock lock(&mu_);
+    if (model_ != nullptr || !failed_.ok()) return;  // settled already
+    early_ = model;
+    waiting.swap(waiting_);
+  }
+  for (auto& fn : waiting) fn(model, absl::OkStatus());
+}
+
 bool InferenceService::HasWaiting() {
   absl::MutexLock lock(&mu_);
   return !waiting_.empty();
@@ -274,7 +285,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
   absl::Status failed;
   {
     absl::MutexLock lock(&mu_);
-    if (model_ == nullptr && failed_.ok()) {
+    if (model_ == nullptr && failed_.ok() && early_ == nullptr) {
       // The model is still loading: the call waits for it with a copy of the request (the
       // handler's copy dies when this returns), unless the client gives up first.
       std::weak_ptr<GenerateCall> weak = call;
@@ -286,7 +297,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
       });
       return call.get();
     }
-    model = model_;
+    model = model_ != nullptr || !failed_.ok() ? model_ : early_;
     failed = failed_;
   }
   Submit(call, *request, arrival, model, failed);

@@ -32,6 +32,9 @@ class InferenceService final : public RawInferenceService {
 
   // The model is ready: waiting Generate calls are submitted now.
   void SetModel(ServingModel* model);
+  // The model's engine runs while its weights still load: Generate calls (those waiting and
+  // new ones) go to it from now on; the other methods still wait for SetModel.
+  void SetEarlyModel(ServingModel* model);
   // Whether a Generate call is waiting for the model to load.
   bool HasWaiting();
   // The model failed to load: waiting and later calls get UNAVAILABLE with `status`.
@@ -71,6 +74,7 @@ class InferenceService final : public RawInferenceService {
   Metrics* metrics_;
   absl::Mutex mu_;
   ServingModel* model_ ABSL_GUARDED_BY(mu_) = nullptr;
+  ServingModel* early_ ABSL_GUARDED_BY(mu_) = nullptr;  // SetEarlyModel's
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   std::vector<std::function<void(ServingModel*, const absl::Status&)>> waiting_ ABSL_GUARDED_BY(mu_);
 };

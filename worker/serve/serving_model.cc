@@ -39,9 +39,10 @@ kernels::ScalarType WeightTypeOf(const ModelConfig& config) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOptions& options,
-                                                                 Metrics* metrics) {
-  auto model = std::unique_ptr<ServingModel>(new ServingModel());
+absl::Status ServingModel::Load(const ServingOptions& options, Metrics* metrics,
+                                std::unique_ptr<ServingModel>* out) {
+  *out = std::unique_ptr<ServingModel>(new ServingModel());
+  ServingModel* model = out->get();
   const std::string& source = options.source;
 
   // The backend (CUDA context creation on a GPU: hundreds of ms) comes up on its own thread
@@ -50,7 +51,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   auto since = [t0](Clock::time_point t) { return std::chrono::duration<double>(t - t0).count(); };
   Clock::time_point backend_start = Clock::now(), backend_end;
   std::shared_future<absl::Status> backend_ready =
-      std::async(std::launch::async, [&model, &options, &backend_end]() -> absl::Status {
+      std::async(std::launch::async, [model, &options, &backend_end]() -> absl::Status {
         auto backend = ChooseBackend(options.backend);
         backend_end = Clock::now();
         if (!backend.ok()) return backend.status();
@@ -87,7 +88,7 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
     // whatever still reads the first ones is done.
     if (reserved.valid()) reserved.wait();
     if (parsed.valid()) parsed.wait();
-    parsed = std::async(std::launch::async, [&model, files, &source, &files_start, &files_end] {
+    parsed = std::async(std::launch::async, [model, files, &source, &files_start, &files_end] {
       files_start = Clock::now();
       absl::Status parsed = model->ParseFiles(files, source);
       files_end = Clock::now();
@@ -115,17 +116,44 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
       return resources;
     });
   };
+  // Computing while the weights arrive: once the loader knows where every tensor goes, the
+  // engine is built on those places and the scheduler started, so a request that arrives
+  // now runs layer by layer as the layers land (fetched in the order the forward pass reads
+  // them). Health stays NOT_SERVING until the load succeeds.
+  Clock::time_point engine_start, engine_end;
+  std::future<absl::Status> built;
+  load.tensor_rank = [](const std::string& name) { return WeightArrival::StageOf(name); };
+  load.on_layout = [&](const std::map<std::string, loader::WeightView>& views) {
+    model->arrival_ = std::make_unique<WeightArrival>(views);
+    built = std::async(std::launch::async, [&, views, resources = std::move(reserved)]() mutable {
+      EMBER_RETURN_IF_ERROR(parsed.get());
+      absl::StatusOr<Engine::Resources> reserve = resources.get();
+      if (!reserve.ok()) return reserve.status();
+      engine_start = Clock::now();
+      EMBER_RETURN_IF_ERROR(model->Start(views, std::move(*reserve), engine_options, options, metrics));
+      engine_end = Clock::now();
+      if (options.on_engine_ready) options.on_engine_ready(model);
+      return absl::OkStatus();
+    });
+  };
+  load.on_tensor = [model](const std::string& name) { model->arrival_->Landed(name); };
+  load.on_abandon = [model](const absl::Status& error) { model->arrival_->Abandon(error); };
+
   loader::CacheReport cache;
   const Clock::time_point load_start = Clock::now();
   auto load_result = loader::LoadModelCached(source, load, options.cache_dir, &cache);
+  if (model->arrival_ != nullptr) model->arrival_->Finish(load_result.status());
   const absl::Status parse_status = parsed.valid() ? parsed.get()
                                                   : absl::InternalError("the loader gave no model files");
   EMBER_RETURN_IF_ERROR(backend_ready.get());
+  const absl::Status built_status = built.valid() ? built.get() : absl::OkStatus();
+  // The reservation, unless the early start took it.
   absl::StatusOr<Engine::Resources> resources =
       reserved.valid() ? reserved.get() : absl::InternalError("the loader allocated no memory");
   if (!load_result.ok()) return load_result.status();
   if (!parse_status.ok()) return parse_status;
-  if (!resources.ok()) return resources.status();
+  if (!built_status.ok()) return built_status;
+  if (model->engine_ == nullptr && !resources.ok()) return resources.status();
   model->loaded_ = std::move(*load_result);
   if (cache.outcome != loader::CacheOutcome::kDisabled) {
     LogInfo("cache", loader::CacheOutcomeName(cache.outcome),
@@ -147,61 +175,72 @@ absl::StatusOr<std::unique_ptr<ServingModel>> ServingModel::Load(const ServingOp
   phases.push_back({"files", since(files_start), since(files_end)});
   phases.push_back({"kv_cache", since(kv_start), since(kv_end)});
 
-  const Clock::time_point engine_start = Clock::now();
-  auto weights = BindWeights(*model->config_, loaded.weights, *model->backend_);
-  if (!weights.ok()) return WithSource(source, weights.status());
-  EMBER_ASSIGN_OR_RETURN(model->engine_,
-                         Engine::Create(*model->config_, std::move(*weights), model->backend_.get(),
-                                        engine_options, std::move(*resources)));
+  if (model->engine_ == nullptr) {  // the loader gave no places before the bytes (a node cache's copy)
+    engine_start = Clock::now();
+    EMBER_RETURN_IF_ERROR(
+        model->Start(loaded.weights, std::move(*resources), engine_options, options, metrics));
+    engine_end = Clock::now();
+  }
+  phases.push_back({"engine", since(engine_start), since(engine_end)});
   // Warm-up: a step of each size the backend runs different kernels for, so no request
   // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations). Not when
-  // a request already waits: the warm-up would delay it by its whole length, while the
-  // request's own first step pays only the first-touch costs.
+  // a request already waits or runs: the warm-up would delay it by its whole length, while
+  // the request's own first step pays only the first-touch costs.
   const Clock::time_point warm_start = Clock::now();
-  phases.push_back({"engine", since(engine_start), since(warm_start)});
-  if (options.requests_waiting && options.requests_waiting()) {
-    LogInfo("worker", "warm-up skipped", {{"reason", "a request is waiting for the model"}});
-  } else {
-    EMBER_RETURN_IF_ERROR(model->engine_->WarmUp());
+  absl::StatusOr<bool> warmed =
+      options.requests_waiting && options.requests_waiting() ? false : model->scheduler_->WarmUpIfIdle();
+  if (!warmed.ok()) return warmed.status();
+  if (*warmed) {
     phases.push_back({"warmup", since(warm_start), since(Clock::now())});
+  } else {
+    LogInfo("worker", "warm-up skipped", {{"reason", "a request is waiting for the model"}});
   }
-
-  std::vector<int32_t> eos = model->config_->eos_token_ids;
-  if (model->tokenizer_ && model->tokenizer_->eos_id() &&
-      std::find(eos.begin(), eos.end(), *model->tokenizer_->eos_id()) == eos.end()) {
-    eos.push_back(*model->tokenizer_->eos_id());
-  }
-  SchedulerOptions scheduler_options;
-  scheduler_options.max_batch = options.max_batch;
-  scheduler_options.max_queue = options.max_queue;
-  scheduler_options.on_first_token = options.on_first_token;
-  model->scheduler_ = std::make_unique<Scheduler>(model->engine_.get(), model->tokenizer(), eos,
-                                                  scheduler_options, metrics);
-
-  ModelLimits& limits = model->limits_;
-  limits.vocab_size = static_cast<int32_t>(model->config_->vocab_size);
-  limits.max_context = model->engine_->max_context();
-  limits.tokenizer = model->tokenizer();
-  limits.chat_template = model->chat_template_ ? &*model->chat_template_ : nullptr;
 
   v1::ModelInfo& info = model->info_;
   info.set_source(loaded.source);
   info.set_architecture(model->config_->architecture);
-  info.set_context_length(limits.max_context);
-  info.set_vocab_size(limits.vocab_size);
+  info.set_context_length(model->limits_.max_context);
+  info.set_vocab_size(model->limits_.vocab_size);
   info.set_dtype(DtypeName(loaded));
   info.set_backend(std::string(model->backend_->name()));
   info.set_weight_bytes(loaded.bytes_streamed);
   info.set_max_batch(options.max_batch);
   info.set_kv_cache_tokens(model->engine_->kv_cache().num_blocks() *
                            model->engine_->options().block_size);
-  for (int32_t id : eos) info.add_eos_token_ids(id);
-  info.set_chat_template(limits.chat_template != nullptr);
+  for (int32_t id : model->eos_) info.add_eos_token_ids(id);
+  info.set_chat_template(model->limits_.chat_template != nullptr);
   v1::LoadTimings* timings = info.mutable_timings();
   timings->set_headers_s(load_start_s + loaded.timings.headers_s);
   timings->set_first_byte_s(load_start_s + loaded.timings.first_byte_s);
   timings->set_weights_s(load_start_s + loaded.timings.copy_done_s);
-  return model;
+  return absl::OkStatus();
+}
+
+absl::Status ServingModel::Start(const std::map<std::string, loader::WeightView>& views,
+                                 Engine::Resources resources, const EngineOptions& engine_options,
+                                 const ServingOptions& options, Metrics* metrics) {
+  const bool arriving = arrival_ != nullptr && !arrival_->complete();
+  auto weights = BindWeights(*config_, views, *backend_, /*in_place=*/!arriving);
+  if (!weights.ok()) return WithSource(options.source, weights.status());
+  EMBER_ASSIGN_OR_RETURN(engine_, Engine::Create(*config_, std::move(*weights), backend_.get(),
+                                                 engine_options, std::move(resources)));
+  if (arriving) engine_->SetWeightArrival(arrival_.get());
+
+  eos_ = config_->eos_token_ids;
+  if (tokenizer_ && tokenizer_->eos_id() &&
+      std::find(eos_.begin(), eos_.end(), *tokenizer_->eos_id()) == eos_.end()) {
+    eos_.push_back(*tokenizer_->eos_id());
+  }
+  limits_.vocab_size = static_cast<int32_t>(config_->vocab_size);
+  limits_.max_context = engine_->max_context();
+  limits_.tokenizer = tokenizer();
+  limits_.chat_template = chat_template_ ? &*chat_template_ : nullptr;
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_batch = options.max_batch;
+  scheduler_options.max_queue = options.max_queue;
+  scheduler_options.on_first_token = options.on_first_token;
+  scheduler_ = std::make_unique<Scheduler>(engine_.get(), tokenizer(), eos_, scheduler_options, metrics);
+  return absl::OkStatus();
 }
 
 absl::Status ServingModel::ParseFiles(const std::map<std::string, std::string>& files,

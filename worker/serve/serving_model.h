@@ -15,12 +15,15 @@
 #include "worker/tokenizer/chat_template.h"
 #include "worker/model/engine.h"
 #include "worker/model/model_config.h"
+#include "worker/model/weight_arrival.h"
 #include "worker/serve/metrics.h"
 #include "worker/serve/request_builder.h"
 #include "worker/serve/scheduler.h"
 #include "worker/tokenizer/tokenizer.h"
 
 namespace ember::worker {
+
+class ServingModel;
 
 struct ServingOptions {
   std::string source;            // model URI
@@ -38,6 +41,10 @@ struct ServingOptions {
   Clock::time_point process_start = Clock::now();
   std::function<void(const loader::LoadProgress&)> on_progress;
   std::function<void(Clock::time_point, Clock::time_point)> on_first_token;  // see SchedulerOptions
+  // Called once, from a loading thread, when the engine and scheduler exist while the weights
+  // still stream (the loader announced their places): requests submitted from then on run
+  // layer by layer as the weights land, and produce nothing before the load has succeeded.
+  std::function<void(ServingModel*)> on_engine_ready;
   // Whether a request is already waiting for the model, asked once the engine is built: the
   // warm-up is then skipped (it would only delay that request, whose own first step loads
   // what the warm-up would). Unset: never.
@@ -53,10 +60,15 @@ struct Phase {
 
 class ServingModel {
  public:
-  static absl::StatusOr<std::unique_ptr<ServingModel>> Load(const ServingOptions& options,
-                                                            Metrics* metrics);
+  // Loads options.source into *model, which the caller owns from the start: after
+  // on_engine_ready, calls may hold its scheduler, so a model whose load then failed stays
+  // until the caller has stopped serving (its requests fail with the load's error).
+  static absl::Status Load(const ServingOptions& options, Metrics* metrics,
+                           std::unique_ptr<ServingModel>* model);
   ~ServingModel();
 
+  // Whether the engine and scheduler exist (always once Load succeeded).
+  bool started() const { return scheduler_ != nullptr; }
   Scheduler& scheduler() { return *scheduler_; }
   const ModelLimits& limits() const { return limits_; }
   const Tokenizer* tokenizer() const { return tokenizer_ ? &*tokenizer_ : nullptr; }
@@ -76,14 +88,20 @@ class ServingModel {
   ServingModel() = default;
   // config.json, tokenizer.json and the chat template, from the loader's small files.
   absl::Status ParseFiles(const std::map<std::string, std::string>& files, const std::string& source);
+  // Binds the weights at `views`, builds the engine on `resources` and starts the scheduler.
+  absl::Status Start(const std::map<std::string, loader::WeightView>& views,
+                     Engine::Resources resources, const EngineOptions& engine_options,
+                     const ServingOptions& options, Metrics* metrics);
 
   std::unique_ptr<kernels::Backend> backend_;
   loader::LoadedModel loaded_;
   std::optional<ModelConfig> config_;
   std::optional<Tokenizer> tokenizer_;
   std::optional<ChatTemplate> chat_template_;
+  std::unique_ptr<WeightArrival> arrival_;  // when the engine was built before the bytes
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::vector<int32_t> eos_;
   ModelLimits limits_;
   v1::ModelInfo info_;
   std::string cache_outcome_;

@@ -267,200 +267,207 @@ absl::StatusOr<LoadedModel> LoadModelFrom(ObjectStore& store, const LoadOptions&
   StreamCounters counters;
   uint64_t total = 0;
   std::optional<BlockDigests> digests;
-  const absl::Status streamed = [&]() -> absl::Status {
-  Mirror mirror;
-  if (mirroring) {
-    if (absl::Status s = mirror.Open(options.mirror_dir, manifest.weight_objects); !s.ok()) return s;
-    for (const auto& [name, bytes] : manifest.small_files) {
-      if (absl::Status s = mirror.WriteWhole(name, bytes); !s.ok()) return s;
+  // Streaming and copying, as one call so that any failure is announced (on_abandon) before
+  // the arena goes.
+  const absl::Status stream_result = [&]() -> absl::Status {
+    Mirror mirror;
+    if (mirroring) {
+      if (absl::Status s = mirror.Open(options.mirror_dir, manifest.weight_objects); !s.ok())
+        return s;
+      for (const auto& [name, bytes] : manifest.small_files) {
+        if (absl::Status s = mirror.WriteWhole(name, bytes); !s.ok()) return s;
+      }
     }
-  }
 
-  // Chunks: the data sections (and, when mirroring, the headers too).
-  std::vector<ChunkJob> jobs;
-  for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
-    const uint64_t size = manifest.weight_objects[f].size;
-    for (uint64_t off = mirroring ? 0 : manifest.headers[f].data_start(); off < size;
-         off += options.chunk_bytes) {
-      const uint64_t len = std::min(options.chunk_bytes, size - off);
-      jobs.push_back({static_cast<int>(f), off, len});
-      total += len;
+    // Chunks: the data sections (and, when mirroring, the headers too).
+    std::vector<ChunkJob> jobs;
+    for (size_t f = 0; f < manifest.weight_objects.size(); ++f) {
+      const uint64_t size = manifest.weight_objects[f].size;
+      for (uint64_t off = mirroring ? 0 : manifest.headers[f].data_start(); off < size;
+           off += options.chunk_bytes) {
+        const uint64_t len = std::min(options.chunk_bytes, size - off);
+        jobs.push_back({static_cast<int>(f), off, len});
+        total += len;
+      }
     }
-  }
 
-  // In the order the caller wants the tensors (a chunk goes by its most wanted tensor).
-  if (announced && options.tensor_rank) {
-    std::vector<std::pair<int, size_t>> order;  // rank, position in file order
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      int rank = std::numeric_limits<int>::min();  // header bytes only (a mirror's): first
-      bool any = false;
-      plan.ForEachPiece(jobs[i].file, jobs[i].offset, jobs[i].length, [&](size_t t, uint64_t, uint64_t, uint64_t) {
-        const int r = options.tensor_rank(plan.tensors(jobs[i].file)[t].info->name);
-        rank = any ? std::min(rank, r) : r;
-        any = true;
-      });
-      order.emplace_back(rank, i);
-    }
-    std::stable_sort(order.begin(), order.end());
-    std::vector<ChunkJob> sorted;
-    for (const auto& [rank, i] : order) sorted.push_back(jobs[i]);
-    jobs = std::move(sorted);
-  }
-
-  const int slots = static_cast<int>(std::min<uint64_t>(
-      options.staging_bytes / options.chunk_bytes,
-      std::max<uint64_t>(jobs.size(), 1)));
-  auto ring_or = StagingRing::Create(options.chunk_bytes, std::max(1, slots));
-  if (!ring_or.ok()) return ring_or.status();
-  StagingRing& ring = **ring_or;
-  model.staging_bytes = ring.total_bytes();
-
-  std::atomic<bool> cancel{false};
-  std::atomic<uint64_t> bytes_done{0};
-  absl::Mutex error_mu;
-  absl::Status copy_error;
-  auto fail = [&](absl::Status s) {
-    absl::MutexLock lock(&error_mu);
-    if (copy_error.ok()) copy_error = std::move(s);
-    cancel.store(true);
-    ring.Close();
-  };
-
-  // Device loads: a copy thread enqueues a chunk's copies, records the slot's event and
-  // moves on to the next chunk; the releaser thread frees each slot once its event says the
-  // copies out of it finished. So no copy thread waits for its stream, and no slot is
-  // reused while a copy may still read it, on the error paths too.
-  std::vector<CopyEvent> slot_events;
-  if (target == Target::kDevice) {
-    for (int i = 0; i < ring.slots(); ++i) {
-      auto event = CopyEvent::Create();
-      if (!event.ok()) return event.status();
-      slot_events.push_back(*std::move(event));
-    }
-  }
-  // Checksums for peers, from the bytes as they arrive.
-  if (options.serve_to_peers && target != Target::kNone) {
-    std::vector<uint64_t> data_start, sizes;
-    for (size_t f = 0; f < manifest.headers.size(); ++f) {
-      data_start.push_back(manifest.headers[f].data_start());
-      sizes.push_back(manifest.weight_objects[f].size);
-    }
-    digests.emplace(std::move(data_start), std::move(sizes));
-  }
-  SlotQueue queue, in_flight;
-  auto copy_worker = [&] {
-    std::optional<CopyStream> stream;
-    if (target == Target::kDevice) {
-      auto s = CopyStream::Create();
-      if (!s.ok()) return fail(s.status());
-      stream.emplace(*std::move(s));
-    }
-    FilledSlot filled;
-    while (queue.Pop(&filled)) {
-      const ChunkJob& job = filled.job;
-      StagingSlot* slot = filled.slot;
-      absl::Status status;
-      if (digests) digests->Add(job.file, job.offset, slot->data, job.length);
-      if (mirroring) status = mirror.Write(job.file, job.offset, slot->data, job.length);
-      if (status.ok() && target != Target::kNone) {
-        plan.ForEachPiece(job.file, job.offset, job.length,
-                          [&](size_t, uint64_t arena_offset, uint64_t in_chunk, uint64_t bytes) {
-                            if (!status.ok()) return;
-                            uint8_t* dst = model.arena->data() + arena_offset;
-                            if (stream) {
-                              status = stream->CopyToDevice(dst, slot->data + in_chunk, bytes);
-                            } else {
-                              std::memcpy(dst, slot->data + in_chunk, bytes);
-                            }
+    // In the order the caller wants the tensors (a chunk goes by its most wanted tensor).
+    if (announced && options.tensor_rank) {
+      std::vector<std::pair<int, size_t>> order;  // rank, position in file order
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        int rank = std::numeric_limits<int>::min();  // header bytes only (a mirror's): first
+        bool any = false;
+        plan.ForEachPiece(jobs[i].file, jobs[i].offset, jobs[i].length,
+                          [&](size_t t, uint64_t, uint64_t, uint64_t) {
+                            const int r =
+                                options.tensor_rank(plan.tensors(jobs[i].file)[t].info->name);
+                            rank = any ? std::min(rank, r) : r;
+                            any = true;
                           });
+        order.emplace_back(rank, i);
       }
-      if (!stream) {
-        ring.Release(slot);
-        if (!status.ok()) return fail(status);
-        bytes_done.fetch_add(job.length);
-        arrived(job);
-        continue;
-      }
-      // The event covers whatever was enqueued, also when a later copy failed. Should the
-      // record itself fail, the slot stays taken: the load fails, and the ring is freed only
-      // after the device is idle.
-      const absl::Status recorded = stream->Record(slot_events[slot->index]);
-      if (recorded.ok()) {
-        // After a failed copy the chunk's bytes do not count as landed: length 0.
-        in_flight.Push({status.ok() ? job : ChunkJob{job.file, job.offset, 0}, slot});
-      }
-      if (status.ok()) status = recorded;
-      if (!status.ok()) return fail(status);
+      std::stable_sort(order.begin(), order.end());
+      std::vector<ChunkJob> sorted;
+      for (const auto& [rank, i] : order) sorted.push_back(jobs[i]);
+      jobs = std::move(sorted);
     }
-  };
-  std::thread releaser;
-  if (target == Target::kDevice) {
-    releaser = std::thread([&] {
-      FilledSlot landed;
-      while (in_flight.Pop(&landed)) {
-        const absl::Status copied = slot_events[landed.slot->index].Wait();
-        if (!copied.ok()) {
-          fail(copied);
-          continue;  // the slot stays taken, as above
-        }
-        ring.Release(landed.slot);
-        bytes_done.fetch_add(landed.job.length);
-        arrived(landed.job);
-      }
-    });
-  }
 
-  StreamOptions stream_options;
-  stream_options.connections = options.connections;
-  stream_options.retry = options.retry;
-  stream_options.connect_timeout_s = options.connect_timeout_s;
-  absl::Status stream_status;
-  absl::Notification streamed;
-  std::thread streamer([&] {
-    stream_status = store.Stream(manifest.weight_objects, jobs, ring,
-                                 [&](const ChunkJob& job, StagingSlot* slot) { queue.Push({job, slot}); },
-                                 stream_options, counters, cancel);
-    if (!stream_status.ok()) {
+    const int slots = static_cast<int>(std::min<uint64_t>(
+        options.staging_bytes / options.chunk_bytes, std::max<uint64_t>(jobs.size(), 1)));
+    auto ring_or = StagingRing::Create(options.chunk_bytes, std::max(1, slots));
+    if (!ring_or.ok()) return ring_or.status();
+    StagingRing& ring = **ring_or;
+    model.staging_bytes = ring.total_bytes();
+
+    std::atomic<bool> cancel{false};
+    std::atomic<uint64_t> bytes_done{0};
+    absl::Mutex error_mu;
+    absl::Status copy_error;
+    auto fail = [&](absl::Status s) {
+      absl::MutexLock lock(&error_mu);
+      if (copy_error.ok()) copy_error = std::move(s);
       cancel.store(true);
       ring.Close();
+    };
+
+    // Device loads: a copy thread enqueues a chunk's copies, records the slot's event and
+    // moves on to the next chunk; the releaser thread frees each slot once its event says the
+    // copies out of it finished. So no copy thread waits for its stream, and no slot is
+    // reused while a copy may still read it, on the error paths too.
+    std::vector<CopyEvent> slot_events;
+    if (target == Target::kDevice) {
+      for (int i = 0; i < ring.slots(); ++i) {
+        auto event = CopyEvent::Create();
+        if (!event.ok()) return event.status();
+        slot_events.push_back(*std::move(event));
+      }
     }
-    model.timings.network_done_s = SecondsSince(start);
-    queue.Close();
-    streamed.Notify();
-  });
-  std::vector<std::thread> copiers;
-  for (int i = 0; i < std::max(1, options.copy_threads); ++i) copiers.emplace_back(copy_worker);
+    // Checksums for peers, from the bytes as they arrive.
+    if (options.serve_to_peers && target != Target::kNone) {
+      std::vector<uint64_t> data_start, sizes;
+      for (size_t f = 0; f < manifest.headers.size(); ++f) {
+        data_start.push_back(manifest.headers[f].data_start());
+        sizes.push_back(manifest.weight_objects[f].size);
+      }
+      digests.emplace(std::move(data_start), std::move(sizes));
+    }
+    SlotQueue queue, in_flight;
+    auto copy_worker = [&] {
+      std::optional<CopyStream> stream;
+      if (target == Target::kDevice) {
+        auto s = CopyStream::Create();
+        if (!s.ok()) return fail(s.status());
+        stream.emplace(*std::move(s));
+      }
+      FilledSlot filled;
+      while (queue.Pop(&filled)) {
+        const ChunkJob& job = filled.job;
+        StagingSlot* slot = filled.slot;
+        absl::Status status;
+        if (digests) digests->Add(job.file, job.offset, slot->data, job.length);
+        if (mirroring) status = mirror.Write(job.file, job.offset, slot->data, job.length);
+        if (status.ok() && target != Target::kNone) {
+          plan.ForEachPiece(job.file, job.offset, job.length,
+                            [&](size_t, uint64_t arena_offset, uint64_t in_chunk, uint64_t bytes) {
+                              if (!status.ok()) return;
+                              uint8_t* dst = model.arena->data() + arena_offset;
+                              if (stream) {
+                                status = stream->CopyToDevice(dst, slot->data + in_chunk, bytes);
+                              } else {
+                                std::memcpy(dst, slot->data + in_chunk, bytes);
+                              }
+                            });
+        }
+        if (!stream) {
+          ring.Release(slot);
+          if (!status.ok()) return fail(status);
+          bytes_done.fetch_add(job.length);
+          arrived(job);
+          continue;
+        }
+        // The event covers whatever was enqueued, also when a later copy failed. Should the
+        // record itself fail, the slot stays taken: the load fails, and the ring is freed only
+        // after the device is idle.
+        const absl::Status recorded = stream->Record(slot_events[slot->index]);
+        if (recorded.ok()) {
+          // After a failed copy the chunk's bytes do not count as landed: length 0.
+          in_flight.Push({status.ok() ? job : ChunkJob{job.file, job.offset, 0}, slot});
+        }
+        if (status.ok()) status = recorded;
+        if (!status.ok()) return fail(status);
+      }
+    };
+    std::thread releaser;
+    if (target == Target::kDevice) {
+      releaser = std::thread([&] {
+        FilledSlot landed;
+        while (in_flight.Pop(&landed)) {
+          const absl::Status copied = slot_events[landed.slot->index].Wait();
+          if (!copied.ok()) {
+            fail(copied);
+            continue;  // the slot stays taken, as above
+          }
+          ring.Release(landed.slot);
+          bytes_done.fetch_add(landed.job.length);
+          arrived(landed.job);
+        }
+      });
+    }
 
-  auto report = [&] {
-    if (!options.on_progress) return;
-    options.on_progress({bytes_done.load(), total, SecondsSince(start), counters.retries.load()});
-  };
-  while (!streamed.WaitForNotificationWithTimeout(absl::Milliseconds(100))) report();
-  streamer.join();
-  for (std::thread& t : copiers) t.join();
-  in_flight.Close();
-  if (releaser.joinable()) releaser.join();
-  report();
+    StreamOptions stream_options;
+    stream_options.connections = options.connections;
+    stream_options.retry = options.retry;
+    stream_options.connect_timeout_s = options.connect_timeout_s;
+    absl::Status stream_status;
+    absl::Notification streamed;
+    std::thread streamer([&] {
+      stream_status = store.Stream(
+          manifest.weight_objects, jobs, ring,
+          [&](const ChunkJob& job, StagingSlot* slot) {
+            queue.Push({job, slot});
+          },
+          stream_options, counters, cancel);
+      if (!stream_status.ok()) {
+        cancel.store(true);
+        ring.Close();
+      }
+      model.timings.network_done_s = SecondsSince(start);
+      queue.Close();
+      streamed.Notify();
+    });
+    std::vector<std::thread> copiers;
+    for (int i = 0; i < std::max(1, options.copy_threads); ++i) copiers.emplace_back(copy_worker);
 
-  if (!stream_status.ok() && !absl::IsCancelled(stream_status)) return stream_status;
-  {
-    absl::MutexLock lock(&error_mu);
-    if (!copy_error.ok()) return copy_error;
-  }
-  if (!stream_status.ok()) return stream_status;
-  if (bytes_done.load() != total) {
-    return absl::DataLossError(absl::StrCat(store.Root(), ": ", bytes_done.load(), " of ", total,
-                                            " bytes arrived; the load is incomplete"));
-  }
-  if (mirroring) {
-    if (absl::Status s = mirror.Commit(); !s.ok()) return s;
-  }
+    auto report = [&] {
+      if (!options.on_progress) return;
+      options.on_progress({bytes_done.load(), total, SecondsSince(start), counters.retries.load()});
+    };
+    while (!streamed.WaitForNotificationWithTimeout(absl::Milliseconds(100))) report();
+    streamer.join();
+    for (std::thread& t : copiers) t.join();
+    in_flight.Close();
+    if (releaser.joinable()) releaser.join();
+    report();
 
-  return absl::OkStatus();
+    if (!stream_status.ok() && !absl::IsCancelled(stream_status)) return stream_status;
+    {
+      absl::MutexLock lock(&error_mu);
+      if (!copy_error.ok()) return copy_error;
+    }
+    if (!stream_status.ok()) return stream_status;
+    if (bytes_done.load() != total) {
+      return absl::DataLossError(absl::StrCat(store.Root(), ": ", bytes_done.load(), " of ", total,
+                                              " bytes arrived; the load is incomplete"));
+    }
+    if (mirroring) {
+      if (absl::Status s = mirror.Commit(); !s.ok()) return s;
+    }
+
+    return absl::OkStatus();
   }();
-  if (!streamed.ok()) {
-    if (announced && options.on_abandon) options.on_abandon(streamed);
-    return streamed;
+  if (!stream_result.ok()) {
+    if (announced && options.on_abandon) options.on_abandon(stream_result);
+    return stream_result;
   }
   model.timings.copy_done_s = SecondsSince(start);
   const int64_t first_ns = counters.first_byte_ns.load();

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <mutex>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 
@@ -101,6 +103,37 @@ TEST_F(DeviceLoad, LoadsEveryTensorIntoVramByteExact) {
   auto model = LoadModel(model_dir, options);
   ASSERT_TRUE(model.ok()) << model.status();
   ExpectOnDeviceByteExact(*model, model_dir);
+}
+
+// Computing while the weights arrive, on a device: a tensor is announced only once its
+// copies have completed (the emulation completes copies out of pinned memory after a random
+// delay, so an announcement at enqueue time would see bytes not there yet), and once only.
+TEST_F(DeviceLoad, AnnouncesEachTensorOnceItsCopiesCompleted) {
+  TempDir dir;
+  const std::string model_dir = dir.path() + "/m";
+  ASSERT_TRUE(MakeTestModel(model_dir, {"--layout", "sharded", "--shards", "2", "--misaligned",
+                                        "--total-mb", "12"}));
+  LoadOptions options = SmallDeviceRing();
+  std::map<std::string, WeightView> layout;
+  std::map<std::string, uint64_t> sum_at_announce;
+  std::mutex mu;
+  options.on_layout = [&](const std::map<std::string, WeightView>& weights) { layout = weights; };
+  options.on_tensor = [&](const std::string& name) {
+    const WeightView& view = layout.at(name);
+    uint64_t sum = 0;
+    EXPECT_TRUE(kernels::ByteChecksumDevice(view.data, view.nbytes, &sum)) << name;
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(sum_at_announce.emplace(name, sum).second) << name << " announced twice";
+  };
+  auto model = LoadModel(model_dir, options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ExpectOnDeviceByteExact(*model, model_dir);
+  EXPECT_EQ(sum_at_announce.size(), model->weights.size());
+  ::ember::testing::ForEachLoadedTensor(
+      *model, model_dir, [&](const WeightView&, const TensorInfo& t, const uint8_t* src) {
+        EXPECT_EQ(sum_at_announce.at(t.name), kernels::ByteChecksumHost(src, t.nbytes()))
+            << t.name << " was announced before its bytes were on the device";
+      });
 }
 
 TEST_F(DeviceLoad, ServesWhatItLoadedToPeersFromVramByteExact) {

@@ -4,6 +4,7 @@ holding them, and ember-worker processes serving them from s3:// over real TCP."
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +79,10 @@ def start_worker(s3):
         environment = {**s3.env(), **(env or {})}
         if endpoint:
             environment["AWS_ENDPOINT_URL"] = endpoint
-        worker = WorkerProcess(f"s3://{BUCKET}/{model}", args=["--backend=cpu", *flags], env=environment)
+        # EMBER_WORKER_BACKEND: the emulated build runs some of these on its CUDA backend.
+        backend = os.environ.get("EMBER_WORKER_BACKEND", "cpu")
+        worker = WorkerProcess(f"s3://{BUCKET}/{model}", args=[f"--backend={backend}", *flags],
+                               env=environment)
         workers.append(worker)
         return worker.start(wait_serving=wait_serving)
 

@@ -5,6 +5,7 @@ metrics, malformed requests, overload, drain, health and reflection."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -543,16 +544,22 @@ def test_health_not_serving_while_loading_then_serving(start_worker, s3, pb):
         assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
         # The same greedy request once the model is loaded gives the same tokens.
         assert generate(worker.stub(channel), request)[0] == ids
+        # On the backend asked for (the emulated build runs this test on its CUDA backend).
+        assert worker.log_entries("serving")[0]["backend"] == os.environ.get("EMBER_WORKER_BACKEND", "cpu")
         assert health_status(channel, "ember.v1.Inference") == health_pb2.HealthCheckResponse.SERVING
-        # The warm-up did not delay the waiting request: skipped, and absent from the timeline.
+        # The warm-up did not delay the waiting request: it was skipped, or (when the request
+        # finished before the load's bookkeeping did) it ran only after the first token.
         deadline = time.monotonic() + 10
         while not worker.log_entries("coldstart"):
             assert time.monotonic() < deadline, "no coldstart line after the first token"
             time.sleep(0.05)
-        assert worker.log_entries("warm-up skipped")
         record = worker.log_entries("coldstart")[0]
-        names = [p["name"] for p in record["phases"]]
-        assert "warmup" not in names and "engine" in names and "first_request" in names
+        phases = {p["name"]: p for p in record["phases"]}
+        assert "engine" in phases and "first_request" in phases
+        if "warmup" in phases:
+            assert phases["warmup"]["start_s"] >= record["first_token_s"], record
+        else:
+            assert worker.log_entries("warm-up skipped")
         assert worker.stop() == 0
 
 

@@ -160,9 +160,10 @@ void Scheduler::AbortAll(FinishReason reason) {
   }
 }
 
-absl::StatusOr<bool> Scheduler::WarmUpIfIdle() {
+absl::StatusOr<bool> Scheduler::WarmUpIfIdle(Clock::time_point* started) {
   absl::MutexLock lock(&mu_);
   warm_up_asked_ = true;
+  warm_up_started_ = started;
   warm_up_result_.reset();
   auto answered = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return warm_up_result_.has_value(); };
   mu_.Await(absl::Condition(&answered));
@@ -188,6 +189,7 @@ void Scheduler::Loop() {
         const bool idle = queue_.empty() && running_.empty();
         absl::Status warmed;
         if (idle) {
+          *warm_up_started_ = Clock::now();
           mu_.Unlock();  // Submit may queue meanwhile; the next pass admits it
           warmed = engine_->WarmUp();
           mu_.Lock();

@@ -138,8 +138,8 @@ class Scheduler {
   void AbortAll(FinishReason reason);
   // Runs the engine's warm-up on the scheduler's thread if no request is queued or running
   // (one that is would only wait for it, and its own first step does the warm-up's work);
-  // returns whether it ran.
-  absl::StatusOr<bool> WarmUpIfIdle();
+  // returns whether it ran, and when it started in `started`.
+  absl::StatusOr<bool> WarmUpIfIdle(Clock::time_point* started);
 
   int64_t kv_blocks_total() const { return engine_->kv_cache().num_blocks(); }
 
@@ -172,6 +172,7 @@ class Scheduler {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   // WarmUpIfIdle's request to the thread, and its answer.
   bool warm_up_asked_ ABSL_GUARDED_BY(mu_) = false;
+  Clock::time_point* warm_up_started_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::optional<absl::StatusOr<bool>> warm_up_result_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ = 1;  // scheduler thread only
   std::thread thread_;

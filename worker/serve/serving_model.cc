@@ -186,9 +186,10 @@ absl::Status ServingModel::Load(const ServingOptions& options, Metrics* metrics,
   // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations). Not when
   // a request already waits or runs: the warm-up would delay it by its whole length, while
   // the request's own first step pays only the first-touch costs.
-  const Clock::time_point warm_start = Clock::now();
-  absl::StatusOr<bool> warmed =
-      options.requests_waiting && options.requests_waiting() ? false : model->scheduler_->WarmUpIfIdle();
+  Clock::time_point warm_start;
+  absl::StatusOr<bool> warmed = options.requests_waiting && options.requests_waiting()
+                                    ? false
+                                    : model->scheduler_->WarmUpIfIdle(&warm_start);
   if (!warmed.ok()) return warmed.status();
   if (*warmed) {
     phases.push_back({"warmup", since(warm_start), since(Clock::now())});

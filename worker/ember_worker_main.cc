@@ -260,7 +260,6 @@ int main(int argc, char** argv) {
     };
     coldstart.FirstToken(at(arrival), at(first));
   };
-  serving.requests_waiting = [&] { return service.HasWaiting(); };
   double last_logged = -1;
   serving.on_progress = [&](const ember::loader::LoadProgress& p) {
     if (p.seconds - last_logged < 2 && p.bytes_done < p.bytes_total) return;
@@ -268,10 +267,7 @@ int main(int argc, char** argv) {
     ember::LogInfo("worker", "loading",
                    {{"bytes_done", p.bytes_done}, {"bytes_total", p.bytes_total}, {"t_s", SecondsSince(process_start)}});
   };
-  serving.on_engine_ready = [&](ember::worker::ServingModel* early) {
-    ember::LogInfo("worker", "computing while loading", {{"t_s", SecondsSince(process_start)}});
-    service.SetEarlyModel(early);
-  };
+  serving.on_engine_ready = [&](ember::worker::ServingModel* early) { service.SetEarlyModel(early); };
   std::thread loader([&] {
     const absl::Status loaded = ember::worker::ServingModel::Load(serving, &metrics, &model);
     if (!loaded.ok()) {

@@ -241,11 +241,6 @@ void InferenceService::SetEarlyModel(ServingModel* model) {
   for (auto& fn : waiting) fn(model, absl::OkStatus());
 }
 
-bool InferenceService::HasWaiting() {
-  absl::MutexLock lock(&mu_);
-  return !waiting_.empty();
-}
-
 void InferenceService::SetFailed(const absl::Status& status) {
   Settle(nullptr, absl::UnavailableError(absl::StrCat("the model failed to load: ", status.message())));
 }

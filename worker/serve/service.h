@@ -32,11 +32,9 @@ class InferenceService final : public RawInferenceService {
 
   // The model is ready: waiting Generate calls are submitted now.
   void SetModel(ServingModel* model);
-  // The model's engine runs while its weights still load: Generate calls (those waiting and
-  // new ones) go to it from now on; the other methods still wait for SetModel.
+  // The model's engine runs, its weights possibly still loading: Generate calls (those
+  // waiting and new ones) go to it from now on; the other methods still wait for SetModel.
   void SetEarlyModel(ServingModel* model);
-  // Whether a Generate call is waiting for the model to load.
-  bool HasWaiting();
   // The model failed to load: waiting and later calls get UNAVAILABLE with `status`.
   void SetFailed(const absl::Status& status);
 

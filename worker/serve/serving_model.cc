@@ -132,7 +132,6 @@ absl::Status ServingModel::Load(const ServingOptions& options, Metrics* metrics,
       engine_start = Clock::now();
       EMBER_RETURN_IF_ERROR(model->Start(views, std::move(*reserve), engine_options, options, metrics));
       engine_end = Clock::now();
-      if (options.on_engine_ready) options.on_engine_ready(model);
       return absl::OkStatus();
     });
   };
@@ -184,17 +183,16 @@ absl::Status ServingModel::Load(const ServingOptions& options, Metrics* metrics,
   phases.push_back({"engine", since(engine_start), since(engine_end)});
   // Warm-up: a step of each size the backend runs different kernels for, so no request
   // pays for first-touch costs (lazy kernel loading, page faults, lazy allocations). Not when
-  // a request already waits or runs: the warm-up would delay it by its whole length, while
-  // the request's own first step pays only the first-touch costs.
+  // a request is queued or running (on_engine_ready handed the waiting ones over): the
+  // warm-up would delay it by its whole length, while its own first step pays only the
+  // first-touch costs.
   Clock::time_point warm_start;
-  absl::StatusOr<bool> warmed = options.requests_waiting && options.requests_waiting()
-                                    ? false
-                                    : model->scheduler_->WarmUpIfIdle(&warm_start);
+  absl::StatusOr<bool> warmed = model->scheduler_->WarmUpIfIdle(&warm_start);
   if (!warmed.ok()) return warmed.status();
   if (*warmed) {
     phases.push_back({"warmup", since(warm_start), since(Clock::now())});
   } else {
-    LogInfo("worker", "warm-up skipped", {{"reason", "a request is waiting for the model"}});
+    LogInfo("worker", "warm-up skipped", {{"reason", "a request is queued or running"}});
   }
 
   v1::ModelInfo& info = model->info_;
@@ -241,6 +239,8 @@ absl::Status ServingModel::Start(const std::map<std::string, loader::WeightView>
   scheduler_options.max_queue = options.max_queue;
   scheduler_options.on_first_token = options.on_first_token;
   scheduler_ = std::make_unique<Scheduler>(engine_.get(), tokenizer(), eos_, scheduler_options, metrics);
+  if (arriving) LogInfo("worker", "computing while loading");
+  if (options.on_engine_ready) options.on_engine_ready(this);
   return absl::OkStatus();
 }
 

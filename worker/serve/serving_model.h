@@ -41,14 +41,12 @@ struct ServingOptions {
   Clock::time_point process_start = Clock::now();
   std::function<void(const loader::LoadProgress&)> on_progress;
   std::function<void(Clock::time_point, Clock::time_point)> on_first_token;  // see SchedulerOptions
-  // Called once, from a loading thread, when the engine and scheduler exist while the weights
-  // still stream (the loader announced their places): requests submitted from then on run
-  // layer by layer as the weights land, and produce nothing before the load has succeeded.
+  // Called once, from a loading thread, as soon as the engine and scheduler exist: usually
+  // while the weights still stream (the loader announced their places), else right after
+  // the last byte. Requests submitted from then on run (layer by layer as the weights land)
+  // and produce nothing before the load has succeeded; the warm-up runs only if none is
+  // there by the end of the load.
   std::function<void(ServingModel*)> on_engine_ready;
-  // Whether a request is already waiting for the model, asked once the engine is built: the
-  // warm-up is then skipped (it would only delay that request, whose own first step loads
-  // what the warm-up would). Unset: never.
-  std::function<bool()> requests_waiting;
 };
 
 // One phase of the cold start, in seconds after process start.

@@ -316,8 +316,11 @@ absl::StatusOr<std::vector<StepOutput>> Engine::Step(std::span<const StepInput> 
   }
 
   // A step waiting for the weights holds them from its first stage to its last download.
+  // Once the load has succeeded and every small tensor is converted, the engine stops asking.
   absl::Cleanup release = [this] {
-    if (arrival_ != nullptr) arrival_->Release();
+    if (arrival_ == nullptr) return;
+    arrival_->Release();
+    if (weights_.pending.empty() && arrival_->complete()) arrival_ = nullptr;
   };
   if (absl::Status s = Forward(layout); !s.ok()) {
     (void)backend_->Synchronize();  // the stages before it may still run on a device

@@ -98,8 +98,9 @@ class Engine {
 
   // Computing while the weights arrive: from now on each step waits at every stage of the
   // forward pass (embedding, each layer, the LM head) until `arrival` says that stage's
-  // weights are in place, and fails with the load's error if it failed. Set before the first
-  // step; `arrival` must outlive the engine.
+  // weights are in place, and fails with the load's error if it failed; after the first step
+  // that ends with the load complete, steps no longer ask. Set before the first step;
+  // `arrival` must outlive that step.
   void SetWeightArrival(WeightArrival* arrival) { arrival_ = arrival; }
 
   // One throwaway step of each size the backend runs different code for

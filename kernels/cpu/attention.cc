@@ -6,22 +6,11 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace ember::kernels::cpu {
-namespace {
-
-// The CPU backend keeps its cache in F32 (Backend::KvType); other types are read by
-// converting one row, which only the CUDA tests' cross-checks use.
-const float* KvRow(const void* base, ScalarType type, int64_t index, int width, float* scratch) {
-  if (type == ScalarType::kF32) return static_cast<const float*>(base) + index * width;
-  const auto* p = static_cast<const uint8_t*>(base) + index * width * ScalarBytes(type);
-  RowToF32(p, type, width, scratch);
-  return scratch;
-}
-
-}  // namespace
 
 void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t* slots, int n) {
   const int width = cache.kv_heads * cache.head_dim;
@@ -34,6 +23,15 @@ void KvStore(const KvLayer& cache, const float* k, const float* v, const int32_t
 }
 
 namespace {
+
+// The CPU backend keeps its cache in F32 (Backend::KvType); other types are read by
+// converting one row, which only the CUDA tests' cross-checks use.
+const float* KvRow(const void* base, ScalarType type, int64_t index, int width, float* scratch) {
+  if (type == ScalarType::kF32) return static_cast<const float*>(base) + index * width;
+  const auto* p = static_cast<const uint8_t*>(base) + index * width * ScalarBytes(type);
+  RowToF32(p, type, width, scratch);
+  return scratch;
+}
 
 constexpr int kKeyTile = 16;   // key positions scored together: one V16f of scores
 constexpr int kQueryRun = 16;  // consecutive tokens of one sequence attending together
@@ -148,7 +146,7 @@ void Attention(const AttentionArgs& a) {
   const int group = a.q_heads / kv_heads;
   // Runs: up to kQueryRun consecutive tokens of one sequence (a prefill chunk's tokens share
   // every key tile; a decode step's tokens are runs of one).
-  std::vector<std::pair<int, int>> runs;
+  absl::InlinedVector<std::pair<int, int>, 64> runs;  // on the stack for a decode step
   for (int t = 0; t < a.n;) {
     int end = t + 1;
     while (end < a.n && end - t < kQueryRun && a.token_seq[end] == a.token_seq[t]) ++end;
@@ -157,7 +155,7 @@ void Attention(const AttentionArgs& a) {
   }
   // One (run, KV head) pair per item.
   ParallelFor(static_cast<int64_t>(runs.size()) * kv_heads, [&](int64_t begin, int64_t end) {
-    Scratch scratch;
+    thread_local Scratch scratch;  // kept between calls: no allocation per layer and step
     for (int64_t item = begin; item < end; ++item) {
       const auto [t0, t1] = runs[item / kv_heads];
       AttendRun(a, t0, t1, static_cast<int>(item % kv_heads), group, scratch);

@@ -1,7 +1,8 @@
 // The CPU linear layer in BF16 compute precision (cpu_backend.h, ComputePrecision::kBf16):
 // y = x · Wᵀ for BF16 weights with the activations rounded to BF16 and FP32 accumulation.
 //
-// Two paths, chosen by the number of tokens (measured on a 2-vCPU Zen 4, docs/benchmarks.md):
+// Two paths, chosen by the number of tokens (the crossover measured on a 2-vCPU Zen 4 is at
+// kLibraryGemmTokens below; end-to-end figures in docs/benchmarks.md):
 //   - fewer than kLibraryGemmTokens (decode, small batches): Ember's own loop, which reads
 //     each weight row once for every token of the step and multiplies with the CPU's BF16
 //     dot-product instruction (AVX-512 BF16 vdpbf16ps: 32 products per instruction, twice
@@ -26,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -215,7 +217,7 @@ void LinearBf16(const float* x, int n, std::span<const LinearOut> outs) {
   // Units of work numbered across the outputs (single rows for Ember's loop, 64-row slices
   // for oneDNN), so one parallel loop covers all of them.
   const int64_t unit = own ? 1 : kRowsPerSlice;
-  std::vector<int64_t> first_unit(outs.size() + 1, 0);
+  absl::InlinedVector<int64_t, 4> first_unit(outs.size() + 1, 0);  // q, k, v: no allocation
   for (size_t i = 0; i < outs.size(); ++i) {
     first_unit[i + 1] = first_unit[i] + (outs[i].w->rows + unit - 1) / unit;
   }

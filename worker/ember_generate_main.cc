@@ -42,9 +42,8 @@ ABSL_FLAG(uint64_t, seed, 0, "Sampling seed (prompt i of a batch uses seed + i)"
 ABSL_FLAG(int, batch, 1, "Run this many copies of a single prompt together (benchmarking)");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating after an end-of-sequence token");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable)");
-ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit)");
-ABSL_FLAG(std::string, compute_precision, "bf16",
-          "How the CPU backend multiplies BF16 weights: bf16 (activations rounded to BF16 for the CPU's BF16 dot products and oneDNN's GEMM; fast) or f32 (exact FP32 activations, as transformers in float32)");
+ABSL_FLAG(int, threads, 0, EMBER_THREADS_HELP);
+ABSL_FLAG(std::string, compute_precision, "bf16", EMBER_COMPUTE_PRECISION_HELP);
 ABSL_FLAG(std::string, logits_out, "",
           "Write the float32 logits of every generated position to this .npy file: shape "
           "[steps, vocab] for one prompt (row 0: after the prompt), [prompts, steps, vocab] "

@@ -46,9 +46,8 @@ ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks of 16 tokens (0: from --kv_mem
 ABSL_FLAG(double, drain_timeout_s, 30, "Seconds in-flight requests may take to finish after SIGTERM [EMBER_DRAIN_TIMEOUT_S]");
 ABSL_FLAG(std::string, cache_dir, "", "Node cache directory for model files (optional) [EMBER_CACHE_DIR]");
 ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable) [EMBER_BACKEND]");
-ABSL_FLAG(int, threads, 0, "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit) [EMBER_THREADS]");
-ABSL_FLAG(std::string, compute_precision, "bf16",
-          "How the CPU backend multiplies BF16 weights: bf16 (activations rounded to BF16 for the CPU's BF16 dot products and oneDNN's GEMM; fast) or f32 (exact FP32 activations, as transformers in float32) [EMBER_COMPUTE_PRECISION]");
+ABSL_FLAG(int, threads, 0, EMBER_THREADS_HELP " [EMBER_THREADS]");
+ABSL_FLAG(std::string, compute_precision, "bf16", EMBER_COMPUTE_PRECISION_HELP " [EMBER_COMPUTE_PRECISION]");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning, error or off [EMBER_LOG_LEVEL]");
 ABSL_FLAG(bool, no_sign_request, false, EMBER_NO_SIGN_REQUEST_HELP " [EMBER_NO_SIGN_REQUEST]");
 ABSL_FLAG(int, peer_port, -1, "Serve the loaded model's files to other workers on this HTTP port, 0 for a free one, -1 not at all; needs the peer token [EMBER_PEER_PORT]");

@@ -8,6 +8,14 @@
 #include "absl/strings/string_view.h"
 #include "kernels/backend.h"
 
+// The help of the CLIs' --threads and --compute_precision flags (Configure below).
+#define EMBER_THREADS_HELP \
+  "Threads of the CPU backend, 0 for the CPUs this process may use (affinity and cgroup CPU limit)"
+#define EMBER_COMPUTE_PRECISION_HELP                                                          \
+  "How the CPU backend multiplies BF16 weights: bf16 (activations rounded to BF16 for the " \
+  "CPU's BF16 dot products and oneDNN's GEMM; fast) or f32 (exact FP32 activations, as "    \
+  "transformers in float32)"
+
 namespace ember::kernels {
 
 std::unique_ptr<Backend> MakeCpuBackend();
